@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install lint bench
+
+$(BIN)/b1twilio: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/b1twilio
+
+install: $(BIN)/b1twilio
+
+demo: install
+	$(BIN)/b1twilio demo
+
+test: install
+	$(BIN)/ruff check b1twilio_pipeline b1twilio_pipeline_tests benchmarks
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check b1twilio_pipeline b1twilio_pipeline_tests benchmarks
+
+bench: install
+	$(BIN)/python -m benchmarks

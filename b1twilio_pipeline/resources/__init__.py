@@ -1,0 +1,1 @@
+"""Dagster resources wrapping the SAP Business One Service Layer session and the Twilio client."""

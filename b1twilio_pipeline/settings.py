@@ -1,0 +1,34 @@
+"""The configuration contract of SPEC section 9: every setting is an environment variable; when it is
+unset the encrypted secrets store is asked, then the default. Resolved at run time, never at import."""
+
+from __future__ import annotations
+
+import os
+
+from b1twilio_pipeline.secrets_store import read_secret
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or invalid. The message is one line saying what and how to fix it."""
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """Environment variable `name`, else the secrets store's value, else `default`."""
+    value = os.environ.get(name)
+    if value not in (None, ""):
+        return value
+    stored = read_secret(name)
+    if stored not in (None, ""):
+        return stored
+    return default
+
+
+def require_setting(name: str, purpose: str) -> str:
+    """Like `setting`, but a missing value is a ConfigurationError naming the variable."""
+    value = setting(name)
+    if value is None:
+        raise ConfigurationError(
+            f"{name} is not set: set the environment variable or store it with "
+            f"`b1twilio secrets set {name}` ({purpose})"
+        )
+    return value
