@@ -41,7 +41,8 @@ class CallbackSink(ThreadingHTTPServer):
         self.received: list[ReceivedCallback] = []
         self.answer_status = 200
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def url(self) -> str:

@@ -268,8 +268,11 @@ class TwilioSimulator(SimulatorHTTPServer):
         return self.state.auth_token
 
     def start_background(self) -> TwilioSimulator:
+        """Serve from a daemon thread; a short poll interval keeps `stop()` quick in tests."""
         self.state.start()
-        super().start_background()
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=type(self).__name__, daemon=True)
+        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -350,6 +353,10 @@ class TwilioSimulator(SimulatorHTTPServer):
         (final status first, intermediate ones after it)."""
         self.state.set_callback_modes(modes)
 
+    def set_auto_advance(self, enabled: bool) -> None:
+        """Pause (False) or resume the background lifecycle; `tick()`/`advance()` work either way."""
+        self.state.auto_advance = enabled
+
     def advance(self) -> int:
         """Push every message and call to its final status now; returns the number of status changes."""
         return self.state.advance()
@@ -377,6 +384,7 @@ class TwilioSimulator(SimulatorHTTPServer):
                     "callback_modes": sorted(self.state.callback_modes) or ["normal"],
                     "max_concurrency": self.max_concurrency, "next_429": self.next_429,
                     "rejected_429": self.rejected_429, "latency_s": self.faults.latency_s,
+                    "auto_advance": self.state.auto_advance,
                     "messages": len(self.state.listing("message")), "calls": len(self.state.listing("call"))}
 
     def admin(self, method: str, operation: str, payload: dict[str, Any]) -> Any:
@@ -403,6 +411,7 @@ class TwilioSimulator(SimulatorHTTPServer):
             "faults": lambda: self.set_faults(**payload),
             "callbacks": lambda: self.set_callback_mode(*_modes(payload)),
             "reset": self.reset,
+            "auto_advance": lambda: self.set_auto_advance(bool(payload["enabled"])),
         }
         if method == "POST" and operation in ("advance", "tick"):
             return {"moved": self.advance() if operation == "advance" else self.tick()}

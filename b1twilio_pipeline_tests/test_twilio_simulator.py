@@ -1,0 +1,339 @@
+"""The Twilio simulator's HTTP contract: Twilio's shapes, auth, errors, lifecycles, callbacks, admin."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from b1twilio_pipeline.simulators.twilio import DEMO_AUTH_TOKEN, TwilioSimulator
+from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
+
+SPEC = Path("/work/shared/reference/twilio_api_v2010.json")
+TO = "+15558675310"
+SM_SID = re.compile(r"^SM[0-9a-f]{32}$")
+CA_SID = re.compile(r"^CA[0-9a-f]{32}$")
+
+
+def api(sim: TwilioSimulator, path: str, *, auth: tuple[str, str] | None = None) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=sim.url, auth=auth or (sim.account_sid, sim.auth_token), timeout=5)
+    return client, f"/2010-04-01/Accounts/{sim.account_sid}/{path}"
+
+
+def send_message(sim: TwilioSimulator, **form: Any) -> httpx.Response:
+    client, path = api(sim, "Messages.json")
+    with client:
+        form = {"To": TO, "From": SIM_FROM_NUMBER, "Body": "Invoice 42 arrived", **form}
+        return client.post(path, data=form)
+
+
+def spec_properties(schema: str) -> set[str]:
+    if not SPEC.exists():
+        pytest.skip("Twilio OpenAPI spec not available")
+    return set(json.loads(SPEC.read_text())["components"]["schemas"][schema]["properties"])
+
+
+def test_message_create_answers_twilio_shape(twilio_sim: TwilioSimulator) -> None:
+    answer = send_message(twilio_sim)
+    assert answer.status_code == 201
+    message = answer.json()
+    assert spec_properties("api.v2010.account.message") <= set(message)
+    assert SM_SID.match(message["sid"])
+    assert message["status"] == "queued"
+    assert message["num_segments"] == "1" and message["num_media"] == "0"
+    assert message["to"] == TO and message["from"] == SIM_FROM_NUMBER
+    assert message["direction"] == "outbound-api" and message["error_code"] is None
+    assert parsedate_to_datetime(message["date_created"]).utcoffset() is not None
+    assert message["uri"] == f"/2010-04-01/Accounts/{twilio_sim.account_sid}/Messages/{message['sid']}.json"
+
+
+def test_messaging_service_message_is_accepted(twilio_sim: TwilioSimulator) -> None:
+    service = "MG" + "0" * 32
+    message = send_message(twilio_sim, From="", MessagingServiceSid=service).json()
+    assert message["status"] == "accepted" and message["messaging_service_sid"] == service
+    twilio_sim.advance()
+    history = [step["status"] for step in twilio_sim.record(message["sid"])["status_history"]]
+    assert history == ["accepted", "queued", "sent", "delivered"]
+
+
+def test_call_create_answers_twilio_shape(twilio_sim: TwilioSimulator) -> None:
+    client, path = api(twilio_sim, "Calls.json")
+    with client:
+        answer = client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Twiml": "<Response/>"})
+    assert answer.status_code == 201
+    call = answer.json()
+    assert spec_properties("api.v2010.account.call") <= set(call)
+    assert CA_SID.match(call["sid"]) and call["status"] == "queued"
+
+
+@pytest.mark.parametrize("auth", [("AC" + "1" * 32, "x"), None])
+def test_wrong_or_missing_auth_is_401_code_20003(twilio_sim: TwilioSimulator, auth: Any) -> None:
+    path = f"{twilio_sim.url}/2010-04-01/Accounts/{twilio_sim.account_sid}/Messages.json"
+    kwargs = {"auth": (twilio_sim.account_sid, "wrong-token")} if auth else {}
+    answer = httpx.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Body": "x"}, **kwargs)
+    assert answer.status_code == 401
+    assert answer.json()["code"] == 20003
+    assert answer.json()["more_info"] == "https://www.twilio.com/docs/errors/20003"
+    assert twilio_sim.messages() == []
+
+
+def test_api_key_auth_and_foreign_account_path(twilio_sim: TwilioSimulator) -> None:
+    key, secret = "SK" + "a" * 32, "key-secret"
+    twilio_sim.api_keys[key] = secret
+    client, path = api(twilio_sim, "Messages.json", auth=(key, secret))
+    with client:
+        assert client.get(path).status_code == 200
+        other = client.get("/2010-04-01/Accounts/AC" + "2" * 32 + "/Messages.json")
+    assert other.status_code == 403 and other.json()["code"] == 20003
+
+
+@pytest.mark.parametrize(("to", "setup", "code"), [
+    ("5551234", None, 21211),
+    ("+15005550004", "opt_out", 21610),
+    ("+15005550009", "reject", 21614),
+])
+def test_synchronous_recipient_errors(twilio_sim: TwilioSimulator, to: str, setup: str | None,
+                                      code: int) -> None:
+    if setup == "opt_out":
+        twilio_sim.opt_out(to)
+    if setup == "reject":
+        twilio_sim.set_rules({to: {"reject": 21614}})
+    answer = send_message(twilio_sim, To=to)
+    assert answer.status_code == 400
+    assert answer.json()["code"] == code and answer.json()["status"] == 400
+    assert twilio_sim.messages() == []
+
+
+def test_unknown_sid_is_404_code_20404(twilio_sim: TwilioSimulator) -> None:
+    client, path = api(twilio_sim, "Messages/SM" + "0" * 32 + ".json")
+    with client:
+        answer = client.get(path)
+    assert answer.status_code == 404 and answer.json()["code"] == 20404
+
+
+def test_lifecycle_runs_in_background(twilio_sim: TwilioSimulator) -> None:
+    sid = send_message(twilio_sim).json()["sid"]
+    client, path = api(twilio_sim, f"Messages/{sid}.json")
+    with client:
+        for _ in range(200):
+            if client.get(path).json()["status"] == "delivered":
+                break
+            threading.Event().wait(0.02)
+        assert client.get(path).json()["status"] == "delivered"
+
+
+def test_failure_rules_shape_lifecycles(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_rules({"+15005550009": {"message": "undelivered", "error_code": 30003},
+                          "+15005550010": {"message": "failed"},
+                          "+15005550011": {"call": "no-answer"}})
+    undelivered = send_message(twilio_sim, To="+15005550009").json()["sid"]
+    failed = send_message(twilio_sim, To="+15005550010").json()["sid"]
+    client, path = api(twilio_sim, "Calls.json")
+    with client:
+        call = client.post(path, data={"To": "+15005550011", "From": SIM_FROM_NUMBER, "Url": "http://x/"})
+    twilio_sim.advance()
+    record = twilio_sim.record(undelivered)
+    assert record["status"] == "undelivered" and record["error_code"] == 30003
+    assert record["error_message"] == "Unreachable destination handset"
+    assert twilio_sim.record(failed)["error_code"] == 30008
+    call_record = twilio_sim.record(call.json()["sid"])
+    assert [s["status"] for s in call_record["status_history"]] == ["queued", "initiated", "ringing",
+                                                                     "no-answer"]
+    assert call_record["duration"] == "0"
+
+
+def test_signed_message_callbacks_after_the_initial_status(twilio_sim: TwilioSimulator,
+                                                          callback_sink: CallbackSink) -> None:
+    sid = send_message(twilio_sim, StatusCallback=callback_sink.url).json()["sid"]
+    twilio_sim.advance()
+    received = callback_sink.wait_for(2)
+    assert [cb.params["MessageStatus"] for cb in received] == ["sent", "delivered"]
+    validator = RequestValidator(twilio_sim.auth_token)
+    for cb in received:
+        assert cb.params["MessageSid"] == sid == cb.params["SmsSid"]
+        assert cb.params["AccountSid"] == twilio_sim.account_sid and cb.params["To"] == TO
+        assert validator.validate(callback_sink.url, cb.params, cb.signature)
+        assert not RequestValidator("other-token").validate(callback_sink.url, cb.params, cb.signature)
+    assert "RawDlrDoneDate" in received[1].params
+
+
+def test_call_callbacks_follow_requested_events(twilio_sim: TwilioSimulator,
+                                                callback_sink: CallbackSink) -> None:
+    client, path = api(twilio_sim, "Calls.json")
+    form = {"To": TO, "From": SIM_FROM_NUMBER, "Twiml": "<Response/>", "StatusCallback": callback_sink.url}
+    with client:
+        client.post(path, data={**form, "StatusCallbackEvent": ["initiated", "answered"]})
+        client.post(path, data=form)  # default: completed only
+    twilio_sim.advance()
+    received = callback_sink.wait_for(4)
+    by_call: dict[str, list[dict[str, str]]] = {}
+    for cb in received:
+        by_call.setdefault(cb.params["CallSid"], []).append(cb.params)
+    assert sorted(len(events) for events in by_call.values()) == [1, 3]
+    for events in by_call.values():
+        assert events[-1]["CallStatus"] == "completed" and events[-1]["CallDuration"] == "12"
+        assert [e["SequenceNumber"] for e in events] == [str(n) for n in range(len(events))]
+        assert all(e["CallbackSource"] == "call-progress-events" for e in events)
+    three = next(events for events in by_call.values() if len(events) == 3)
+    assert [e["CallStatus"] for e in three] == ["initiated", "in-progress", "completed"]
+
+
+def test_callback_modes(twilio_sim: TwilioSimulator, callback_sink: CallbackSink) -> None:
+    twilio_sim.set_callback_mode("duplicate")
+    send_message(twilio_sim, StatusCallback=callback_sink.url)
+    twilio_sim.advance()
+    assert [cb.params["MessageStatus"] for cb in callback_sink.wait_for(4)] == ["sent", "sent", "delivered",
+                                                                               "delivered"]
+    callback_sink.received.clear()
+    twilio_sim.set_callback_mode("out_of_order")
+    send_message(twilio_sim, StatusCallback=callback_sink.url)
+    twilio_sim.advance()
+    assert [cb.params["MessageStatus"] for cb in callback_sink.wait_for(2)] == ["delivered", "sent"]
+    callback_sink.received.clear()
+    twilio_sim.set_callback_mode("fail")
+    sid = send_message(twilio_sim, StatusCallback=callback_sink.url).json()["sid"]
+    twilio_sim.advance()
+    assert callback_sink.received == []
+    assert all("dropped" in (cb["error"] or "") for cb in twilio_sim.record(sid)["callbacks"])
+
+
+def test_callback_endpoint_errors_are_recorded_not_retried(twilio_sim: TwilioSimulator,
+                                                           callback_sink: CallbackSink) -> None:
+    callback_sink.answer_status = 500
+    sid = send_message(twilio_sim, StatusCallback=callback_sink.url).json()["sid"]
+    twilio_sim.advance()
+    assert len(callback_sink.wait_for(2)) == 2
+    attempts = twilio_sim.record(sid)["callbacks"]
+    assert [a["http_status"] for a in attempts] == [500, 500]
+    assert twilio_sim.record(sid)["status"] == "delivered"
+
+
+def test_forced_429_then_success(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_rate_limit(next_429=2)
+    answers = [send_message(twilio_sim) for _ in range(3)]
+    assert [a.status_code for a in answers] == [429, 429, 201]
+    assert answers[0].json()["code"] == 20429
+    assert len(twilio_sim.messages()) == 1
+
+
+def test_concurrency_limit_answers_429(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_rate_limit(max_concurrency=1)
+    twilio_sim.set_latency(0.2)
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(send_message(twilio_sim).status_code))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [201, 429, 429]
+
+
+def test_injected_5xx_uses_twilio_error_body(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_faults(fail_next=1, fail_status=503)
+    first, second = send_message(twilio_sim), send_message(twilio_sim)
+    assert first.status_code == 503 and first.json()["code"] == 20503
+    assert second.status_code == 201
+
+
+def test_list_filters_and_paging_with_the_twilio_client(twilio_sim: TwilioSimulator) -> None:
+    for n in range(5):
+        send_message(twilio_sim, Body=f"alert {n}")
+    send_message(twilio_sim, To="+15550000001")
+    client = Client(twilio_sim.account_sid, twilio_sim.auth_token)
+    client.api.base_url = twilio_sim.url
+    listed = client.messages.list(to=TO, page_size=2)
+    assert [m.body for m in listed] == [f"alert {n}" for n in (4, 3, 2, 1, 0)]  # newest first, 3 pages
+    page = client.messages.page(to=TO, page_size=2)
+    assert page.next_page_url and "Page=1" in page.next_page_url
+    assert client.messages.list(date_sent="2001-01-01") == []
+    assert len(client.messages.list(date_sent_after="2001-01-01")) == 6
+    assert client.messages.list(date_sent_before="2001-01-01") == []
+
+
+def test_call_list_filters_start_time(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_auto_advance(False)
+    client, path = api(twilio_sim, "Calls.json")
+    with client:
+        client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Twiml": "<Response/>"})
+        assert client.get(path, params={"StartTime>": "2001-01-01"}).json()["calls"] == []  # not dialled yet
+        twilio_sim.advance()
+        assert len(client.get(path, params={"StartTime>": "2001-01-01", "To": TO}).json()["calls"]) == 1
+        assert client.get(path, params={"Status": "busy"}).json()["calls"] == []
+
+
+def test_admin_http_api(twilio_sim: TwilioSimulator) -> None:
+    with httpx.Client(base_url=twilio_sim.url, timeout=5) as admin:
+        paused = admin.post("/_admin/auto_advance", json={"enabled": False}).json()
+        assert paused["state"]["auto_advance"] is False
+        assert admin.post("/_admin/rules", json={"+15005550009": {"message": "undelivered",
+                                                                  "error_code": 30005}}).status_code == 200
+        assert admin.post("/_admin/rules", json={"+1": {"colour": "red"}}).status_code == 400
+        send_message(twilio_sim, To="+15005550009")
+        assert admin.post("/_admin/advance").json()["moved"] == 2
+        messages = admin.get("/_admin/messages").json()["messages"]
+        assert messages[0]["status"] == "undelivered" and messages[0]["error_code"] == 30005
+        assert [s["status"] for s in messages[0]["status_history"]] == ["queued", "sent", "undelivered"]
+        admin.post("/_admin/rate_limit", json={"next_429": 1})
+        assert send_message(twilio_sim).status_code == 429
+        requests_seen = admin.get("/_admin/requests").json()["requests"]
+        assert [r["status"] for r in requests_seen] == [201, 429]
+        assert admin.post("/_admin/reset").status_code == 200
+        assert admin.get("/_admin/state").json()["messages"] == 0
+
+
+def _start_cli(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, "-m", "b1twilio_pipeline.simulators.twilio", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    return process, line
+
+
+def test_cli_prints_url_and_stops_on_sigterm() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    process, line = _start_cli(env)
+    try:
+        assert re.fullmatch(r"listening on http://127\.0\.0\.1:\d+", line)
+        url = line.removeprefix("listening on ")
+        assert httpx.get(f"{url}/_admin/state", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert DEMO_AUTH_TOKEN in err  # the demo credentials are printed for the operator
+
+
+def test_cli_never_prints_a_token_from_the_environment() -> None:
+    token = "e" * 32
+    env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "3" * 32, "TWILIO_AUTH_TOKEN": token}
+    process, line = _start_cli(env)
+    try:
+        url = line.removeprefix("listening on ")
+        answer = httpx.get(f"{url}/2010-04-01/Accounts/AC{'3' * 32}/Messages.json",
+                           auth=("AC" + "3" * 32, token), timeout=5)
+        assert answer.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert token not in out + err + line
+
+
+def test_tick_moves_one_status_at_a_time(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_auto_advance(False)
+    sid = send_message(twilio_sim).json()["sid"]
+    assert twilio_sim.tick() == 1 and twilio_sim.record(sid)["status"] == "sent"
+    assert twilio_sim.tick() == 1 and twilio_sim.record(sid)["status"] == "delivered"
+    assert twilio_sim.tick() == 0
