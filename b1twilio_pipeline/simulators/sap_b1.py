@@ -17,7 +17,9 @@ import json
 import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -347,7 +349,7 @@ class SapB1Simulator(SimulatorHTTPServer):
         self.prefix = f"/b1s/{version}"
         self.company_db = company_db
         self.username = username
-        self._password = password
+        self.password = password
         self.session_timeout_s = session_timeout_s
         self.expiry_mode = expiry_mode
         self.clock = SimClock(timezone, clock)
@@ -375,7 +377,10 @@ class SapB1Simulator(SimulatorHTTPServer):
         return self.url + self.prefix
 
     def start_background(self) -> SapB1Simulator:
-        super().start_background()
+        """Serve from a daemon thread; a short poll interval keeps `stop()` quick in tests."""
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=type(self).__name__, daemon=True)
+        self._thread.start()
         return self
 
     def log_request_entry(self, entry: LoggedRequest) -> None:
@@ -386,7 +391,7 @@ class SapB1Simulator(SimulatorHTTPServer):
     def check_login(self, company_db: Any, username: Any, password: Any) -> None:
         if company_db != self.company_db:
             raise B1Failure(401, -306, "Fail to get DB Credentials from SLD.")
-        if username != self.username or password != self._password:
+        if username != self.username or password != self.password:
             raise B1Failure(401, -304, "Fail to NONE-SSO login from SLD.")
 
     def _touch(self) -> None:
@@ -796,6 +801,12 @@ class SapB1Handler(SimulatorHandler):
 
     server: SapB1Simulator
 
+    def setup(self) -> None:
+        """No Nagle delay: headers and body are written separately, and keep-alive clients would otherwise
+        wait for a delayed ACK (~40 ms) on every request."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     # ----------------------------------------------------------------------- replies
 
     def send_b1(self, status: int, payload: Any = None, *, content_type: str | None = None,
@@ -877,15 +888,16 @@ class SapB1Handler(SimulatorHandler):
         if resource == "Login" and method == "POST":
             self._login(body)
             return
+        match = _PATH.match(resource)
+        known = ("Logout", "UserTablesMD", "UserFieldsMD", *ENTITIES)
+        if match is None or not (match.group("set") in known or match.group("set").startswith("U_")):
+            raise B1Failure(404, -1000, "Unrecognized resource path.")
         session = sim.use_session(self._cookies().get("B1SESSION"))
         if resource == "Logout" and method == "POST":
             with sim.lock:
                 sim.sessions.pop(session.session_id, None)
             self.send_b1(204)
             return
-        match = _PATH.match(resource)
-        if match is None:
-            raise B1Failure(404, -1000, "Unrecognized resource path.")
         name, key_text, count = match.group("set"), match.group("key"), match.group("count")
         key = None if key_text is None else _parse_key(key_text)
         if name in ("UserTablesMD", "UserFieldsMD"):
