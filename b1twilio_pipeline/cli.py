@@ -1,0 +1,264 @@
+"""`b1twilio`: the operator commands (SPEC section 11).
+
+    b1twilio secrets generate-key [--keyring]     new key for B1TWILIO_SECRET_KEY (or the OS keyring)
+    b1twilio secrets set NAME [VALUE] [--force]   VALUE from stdin / a hidden prompt when omitted
+    b1twilio secrets show                         names and masked values
+    b1twilio secrets delete NAME
+    b1twilio secrets rotate                       re-encrypt under a new key, printed once
+    b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
+    b1twilio setup-b1-audit-table                 (b1twilio_pipeline.audit)
+    b1twilio demo                                 (b1twilio_pipeline.demo)
+
+Bad configuration or input is one `error: ...` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from b1twilio_pipeline import secrets_store
+from b1twilio_pipeline.masking import mask_phone, mask_secret
+from b1twilio_pipeline.settings import ConfigurationError
+
+# command -> (module, function); imported only when run, so the CLI works before those modules exist.
+# The function receives the parsed argparse.Namespace; arguments the CLI does not know are in `args.extra`.
+DELEGATED = {
+    "setup-b1-audit-table": ("b1twilio_pipeline.audit", "setup_audit_table_command"),
+    "demo": ("b1twilio_pipeline.demo", "main"),
+}
+
+_NO_KEY = (
+    f"no secrets key: export {secrets_store.KEY_ENV} (make one with `b1twilio secrets generate-key`) "
+    "or keep it in the OS keyring with `b1twilio secrets generate-key --keyring`"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # usage errors and --help: argparse already printed
+        return int(exc.code or 0)
+    if extra and args.command not in DELEGATED:
+        print(f"error: unrecognized arguments: {' '.join(extra)} (see `b1twilio --help`)", file=sys.stderr)
+        return 2
+    args.extra = extra
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigurationError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="b1twilio", description="b1twilio-pipeline operator commands")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    secrets = commands.add_parser("secrets", help="manage the encrypted secrets store")
+    actions = secrets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate = actions.add_parser("generate-key", help="print a new key for B1TWILIO_SECRET_KEY")
+    generate.add_argument("--keyring", action="store_true", help="store it in the OS keyring instead")
+    generate.add_argument("--force", action="store_true", help="replace a key already in the keyring")
+    generate.set_defaults(handler=cmd_generate_key)
+    put = actions.add_parser("set", help="store a value (read from stdin or a prompt when omitted)")
+    put.add_argument("name", help="setting name, e.g. B1_PASSWORD or PHONE_SAM")
+    put.add_argument("value", nargs="?", help="the value; omit it to keep it out of shell history")
+    put.add_argument("--force", action="store_true", help="store a name the pipeline does not know")
+    put.set_defaults(handler=cmd_set)
+    actions.add_parser("show", help="list stored names with masked values").set_defaults(handler=cmd_show)
+    delete = actions.add_parser("delete", help="remove a stored value")
+    delete.add_argument("name")
+    delete.set_defaults(handler=cmd_delete)
+    rotate = actions.add_parser("rotate", help="re-encrypt the store under a new key (printed once)")
+    rotate.set_defaults(handler=cmd_rotate)
+
+    check = commands.add_parser("check-config", help="validate a rules file and say what each rule does")
+    check.add_argument("file", nargs="?", help="rules file (default: B1TWILIO_CONFIG, else the shipped one)")
+    check.set_defaults(handler=cmd_check_config)
+
+    commands.add_parser(
+        "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"
+    ).set_defaults(handler=_delegate("setup-b1-audit-table"))
+    commands.add_parser(
+        "demo", help="start the simulators and the Dagster UI with demo data"
+    ).set_defaults(handler=_delegate("demo"))
+    return parser
+
+
+# --- secrets -----------------------------------------------------------------------------------------------
+
+
+def cmd_generate_key(args: argparse.Namespace) -> int:
+    key = secrets_store.generate_key()
+    if args.keyring:
+        if secrets_store.keyring_key() and not args.force:
+            raise secrets_store.SecretsStoreError(
+                "the OS keyring already holds a b1twilio key: replacing it locks you out of the existing "
+                "store (use `b1twilio secrets rotate`), or pass --force"
+            )
+        secrets_store.store_key_in_keyring(key)
+        print(f"stored a new key in the OS keyring ({secrets_store.KEYRING_SERVICE}/"
+              f"{secrets_store.KEYRING_USERNAME}); it is used when {secrets_store.KEY_ENV} is unset")
+        return 0
+    print(key)
+    print(
+        f"# keep this key safe (without it the store cannot be read) and export it: "
+        f"export {secrets_store.KEY_ENV}=<the key above>, or in one step: "
+        f"export {secrets_store.KEY_ENV}=$(b1twilio secrets generate-key)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    name = args.name.strip()
+    value = args.value if args.value is not None else _read_value(name)
+    if secrets_store.is_phone_name(name):
+        value = value.strip()
+    secrets_store.validate_entry(name, value, allow_unknown=args.force)
+    store = _open_store()
+    store.set(name, value)
+    print(f"stored {name} = {_masked(name, value)} in {store.path}")
+    if os.environ.get(name):
+        print(f"note: the environment variable {name} is set and takes precedence over the store",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = secrets_store.store_path()
+    if not path.is_file():
+        print(f"no secrets stored yet ({path})")
+        return 0
+    store, source = _store_and_key_source()
+    items = store.items()
+    print(f"{path} (key from {source}), {len(items)} value(s)")
+    width = max((len(n) for n in items), default=0)
+    for name, value in sorted(items.items()):
+        note = "  (overridden by the environment)" if os.environ.get(name) else ""
+        print(f"  {name.ljust(width)}  {_masked(name, value)}{note}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = _open_store()
+    if not store.exists() or not store.delete(args.name):
+        raise secrets_store.SecretsStoreError(
+            f"{args.name} is not in {store.path}: `b1twilio secrets show` lists what is stored"
+        )
+    print(f"deleted {args.name} from {store.path}")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    store, source = _store_and_key_source()
+    if not store.exists():
+        raise secrets_store.SecretsStoreError(f"no secrets file at {store.path}: nothing to rotate")
+    store.names()  # decrypt first: a wrong current key fails here, before anything changes
+    new_key = secrets_store.generate_key()
+    store.rotate(new_key)
+    print(new_key)
+    if source == "keyring":
+        try:
+            secrets_store.store_key_in_keyring(new_key)
+        except ConfigurationError as exc:
+            print(f"warning: {_one_line(str(exc))}", file=sys.stderr)
+        else:
+            print("re-encrypted the store; the OS keyring now holds the new key", file=sys.stderr)
+            return 0
+    print(
+        f"# re-encrypted {store.path} under the new key above; the old key no longer opens it: "
+        f"set {secrets_store.KEY_ENV} to the new key wherever the pipeline runs",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _open_store() -> secrets_store.SecretsStore:
+    return _store_and_key_source()[0]
+
+
+def _store_and_key_source() -> tuple[secrets_store.SecretsStore, str]:
+    """The store at the configured path with the configured key, or the one-line "no key" error."""
+    key = secrets_store.configured_key()
+    if key is None:
+        raise secrets_store.SecretsStoreError(_NO_KEY)
+    return secrets_store.SecretsStore(secrets_store.store_path(), key[0]), key[1]
+
+
+def _read_value(name: str) -> str:
+    """The value without putting it on the command line: hidden prompt on a terminal, else stdin."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"{name}: ")
+    data = sys.stdin.read() if sys.stdin is not None else ""
+    return data.rstrip("\r\n")
+
+
+def _masked(name: str, value: str) -> str:
+    return mask_phone(value) if secrets_store.is_phone_name(name) else mask_secret(value)
+
+
+# --- check-config ------------------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from b1twilio_pipeline.rules import RulesConfigError, load_rules
+
+    try:
+        config = load_rules(args.file)
+    except RulesConfigError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    enabled = len(config.enabled_rules())
+    print(f"{config.source}: OK, {len(config.rules)} rules ({enabled} enabled), time zone {config.timezone}")
+    for rule in config.rules:
+        print(f"  {config.describe_rule(rule)}")
+    warned: set[str] = set()
+    for group in config.recipients.values():
+        for person in group:
+            if person.phone_ref and person.key not in warned:
+                warned.add(person.key)
+                try:
+                    person.resolve_phone()
+                except ConfigurationError as exc:
+                    print(f"warning: {_one_line(str(exc))}", file=sys.stderr)
+    return 0
+
+
+# --- delegated commands ------------------------------------------------------------------------------------
+
+
+def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
+    module_name, function_name = DELEGATED[command]
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            module = importlib.import_module(module_name)
+            function = getattr(module, function_name)
+        except (ImportError, AttributeError) as exc:
+            print(f"b1twilio {command}: not available yet ({_one_line(str(exc))})", file=sys.stderr)
+            return 1
+        return int(function(args) or 0)
+
+    return run
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""`b1twilio` console script, run as a real subprocess: secrets commands and check-config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from keyring.backend import KeyringBackend
+
+from b1twilio_pipeline.masking import mask_phone, mask_secret
+from b1twilio_pipeline.secrets_store import parse_key
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "b1twilio"
+KEYRING_BACKEND = f"{__name__}.JsonFileKeyring"
+
+
+class JsonFileKeyring(KeyringBackend):
+    """Stand-in for the OS keyring in subprocesses (PYTHON_KEYRING_BACKEND), kept in a JSON file."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def _load(self) -> dict[str, str]:
+        path = Path(os.environ["B1TWILIO_TEST_KEYRING"])
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self._load().get(f"{service}/{username}")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        data = self._load()
+        data[f"{service}/{username}"] = password
+        Path(os.environ["B1TWILIO_TEST_KEYRING"]).write_text(json.dumps(data))
+
+    def delete_password(self, service: str, username: str) -> None:
+        data = self._load()
+        data.pop(f"{service}/{username}", None)
+        Path(os.environ["B1TWILIO_TEST_KEYRING"]).write_text(json.dumps(data))
+
+
+class Cli:
+    """Runs the console script with a private store, keyring and environment."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = tmp_path / "secrets.enc"
+        self.keyring_file = tmp_path / "keyring.json"
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("B1_", "TWILIO_", "B1TWILIO_", "PHONE_"))
+        }
+        self.env.update(
+            B1TWILIO_SECRETS_FILE=str(self.store),
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+            B1TWILIO_TEST_KEYRING=str(self.keyring_file),
+            PYTHONPATH=str(REPO),
+        )
+
+    def use_test_keyring(self) -> None:
+        self.env["PYTHON_KEYRING_BACKEND"] = KEYRING_BACKEND
+
+    def __call__(
+        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "b1twilio_pipeline.cli"]
+        result = subprocess.run(
+            [*command, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**self.env, **(env or {})},
+        )  # fmt: skip
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+def new_key(cli: Cli) -> str:
+    result = cli("secrets", "generate-key")
+    assert result.returncode == 0
+    return result.stdout.strip()
+
+
+def test_generate_key_prints_a_usable_key_once(cli: Cli) -> None:
+    result = cli("secrets", "generate-key")
+    key = result.stdout.strip()
+    assert result.returncode == 0 and len(parse_key(key)) == 32
+    assert "export B1TWILIO_SECRET_KEY" in result.stderr and key not in result.stderr
+    assert new_key(cli) != key
+
+
+def test_set_show_delete_with_masked_output_and_encrypted_file(cli: Cli) -> None:
+    cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
+    password = "Pa55word-Never-Shown"
+    stored = cli("secrets", "set", "B1_PASSWORD", stdin=password + "\n")  # value not on the command line
+    assert stored.returncode == 0, stored.stderr
+    assert password not in stored.stdout + stored.stderr and mask_secret(password) in stored.stdout
+    assert cli("secrets", "set", "PHONE_SAM", "+447700900123").returncode == 0
+    assert cli("secrets", "set", "B1_USERNAME", "manager").returncode == 0
+
+    raw = cli.store.read_bytes()
+    for plain in (password.encode(), b"447700900123", b"manager", b"B1_PASSWORD"):
+        assert plain not in raw
+
+    shown = cli("secrets", "show")
+    assert shown.returncode == 0
+    assert "B1_PASSWORD" in shown.stdout and mask_secret(password) in shown.stdout
+    assert mask_phone("+447700900123") in shown.stdout
+    for plain in (password, "+447700900123", "manager"):
+        assert plain not in shown.stdout + shown.stderr
+    assert "(overridden by the environment)" in cli("secrets", "show", env={"B1_USERNAME": "x"}).stdout
+
+    assert cli("secrets", "delete", "B1_USERNAME").returncode == 0
+    assert "B1_USERNAME" not in cli("secrets", "show").stdout
+    missing = cli("secrets", "delete", "B1_USERNAME")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: B1_USERNAME is not in")
+
+
+def test_no_key_wrong_key_and_bad_key_are_one_line_errors(cli: Cli) -> None:
+    no_key = cli("secrets", "set", "B1_PASSWORD", "pw")
+    assert no_key.returncode == 2
+    assert no_key.stderr.count("\n") == 1 and no_key.stderr.startswith("error: no secrets key")
+
+    cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
+    assert cli("secrets", "set", "B1_PASSWORD", "pw-value").returncode == 0
+    wrong = cli("secrets", "show", env={"B1TWILIO_SECRET_KEY": new_key(cli)})
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        f"error: cannot decrypt {cli.store}: wrong B1TWILIO_SECRET_KEY or the file was modified\n"
+    )
+    assert "pw-value" not in wrong.stdout
+    bad = cli("secrets", "show", env={"B1TWILIO_SECRET_KEY": "not-a-key"})
+    assert bad.returncode == 2 and "B1TWILIO_SECRET_KEY is not a valid key" in bad.stderr
+    assert "not-a-key" not in bad.stderr
+
+
+def test_set_refuses_bad_phone_and_unknown_name(cli: Cli) -> None:
+    cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
+    bad_phone = cli("secrets", "set", "PHONE_SAM", "+44 7700 900123")
+    assert bad_phone.returncode == 2 and "E.164" in bad_phone.stderr and "900123" not in bad_phone.stderr
+    typo = cli("secrets", "set", "TWILIO_AUTH_TOKN", "tok")
+    assert typo.returncode == 2 and "not a setting the pipeline reads" in typo.stderr
+    assert cli("secrets", "set", "TWILIO_AUTH_TOKN", "tok", "--force").returncode == 0
+    assert [p.name for p in cli.store.parent.glob("*.tmp")] == []  # atomic writes leave no temp files
+
+
+def test_rotate_keeps_values_for_the_new_key_only(cli: Cli) -> None:
+    old = new_key(cli)
+    cli.env["B1TWILIO_SECRET_KEY"] = old
+    assert cli("secrets", "set", "TWILIO_AUTH_TOKEN", "auth-token-value-1").returncode == 0
+    rotated = cli("secrets", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip()
+    assert len(parse_key(new)) == 32 and new != old and new not in rotated.stderr
+    with_new = cli("secrets", "show", env={"B1TWILIO_SECRET_KEY": new})
+    assert with_new.returncode == 0 and mask_secret("auth-token-value-1") in with_new.stdout
+    with_old = cli("secrets", "show")
+    assert with_old.returncode == 2 and "wrong B1TWILIO_SECRET_KEY" in with_old.stderr
+
+
+def test_keyring_holds_the_key_and_follows_rotation(cli: Cli) -> None:
+    cli.use_test_keyring()
+    stored = cli("secrets", "generate-key", "--keyring")
+    assert stored.returncode == 0, stored.stderr
+    key = json.loads(cli.keyring_file.read_text())["b1twilio/secret-key"]
+    assert key not in stored.stdout + stored.stderr
+    again = cli("secrets", "generate-key", "--keyring")
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert cli("secrets", "set", "B1_COMPANY_DB", "SBODEMOUS").returncode == 0
+    shown = cli("secrets", "show")
+    assert "key from keyring" in shown.stdout and "B1_COMPANY_DB" in shown.stdout
+
+    rotated = cli("secrets", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(cli.keyring_file.read_text())["b1twilio/secret-key"]
+    assert new == rotated.stdout.strip() != key
+    assert cli("secrets", "show").returncode == 0
+    assert cli("secrets", "show", env={"B1TWILIO_SECRET_KEY": key}).returncode == 2
+
+
+def test_settings_read_env_then_store_then_default(cli: Cli) -> None:
+    cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
+    probe = "from b1twilio_pipeline.settings import setting; print(setting('B1_COMPANY_DB', 'DEFAULTDB'))"
+
+    def read(env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**cli.env, **(env or {})},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert read() == "DEFAULTDB"
+    assert cli("secrets", "set", "B1_COMPANY_DB", "STOREDDB").returncode == 0
+    assert read() == "STOREDDB"
+    assert read({"B1_COMPANY_DB": "ENVDB"}) == "ENVDB"
+
+
+def test_check_config_default_file_one_line_per_rule(cli: Cli) -> None:
+    result = cli("check-config")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "default_rules.yaml: OK, 7 rules (5 enabled)" in lines[0]
+    assert len(lines) == 8
+    assert any(line.strip().startswith("overdue-30:") and "voice call" in line for line in lines)
+    assert "+447700900" not in result.stdout and mask_phone("+447700900101") in result.stdout
+
+
+def test_check_config_invalid_file_exits_1_with_one_line(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "timezone: Europe/Berlin\nrecipients:\n  t:\n    - {name: A, phone: \"+4915112345678\"}\n"
+        "rules:\n  - {id: s1, kind: stock_below_reorder, days_overdue: 3, recipients: [t]}\n"
+    )
+    result = cli("check-config", str(path))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {path}: rule 's1': field 'days_overdue': does not apply to kind stock_below_reorder "
+        "(only to payment_overdue)\n"
+    )
+
+
+def test_check_config_uses_b1twilio_config_and_warns_about_missing_phone_refs(
+    cli: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "timezone: Europe/Berlin\nrecipients:\n  cc:\n    - {name: Sam, phone_ref: sam}\n"
+        "rules:\n  - {id: o, kind: payment_overdue, days_overdue: 3, recipients: [cc]}\n"
+    )
+    result = cli("check-config", env={"B1TWILIO_CONFIG": str(path)})
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0].startswith(f"{path}: OK, 1 rules")
+    assert "warning:" in result.stderr and "b1twilio secrets set PHONE_SAM" in result.stderr
+    quiet = cli("check-config", str(path), env={"PHONE_SAM": "+447700900123"})
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_usage_errors_and_help(cli: Cli) -> None:
+    helped = cli("--help")
+    assert helped.returncode == 0
+    for command in ("secrets", "check-config", "setup-b1-audit-table", "demo"):
+        assert command in helped.stdout
+    assert cli("no-such-command").returncode == 2
+    extra = cli("check-config", "a.yaml", "b.yaml")
+    assert extra.returncode == 2 and "unrecognized arguments" in extra.stderr
+    as_module = subprocess.run(
+        [sys.executable, "-m", "b1twilio_pipeline.cli", "secrets", "show"], capture_output=True, text=True,
+        timeout=60, cwd=REPO, env=cli.env,
+    )  # fmt: skip
+    assert as_module.returncode == 0 and "no secrets stored yet" in as_module.stdout
