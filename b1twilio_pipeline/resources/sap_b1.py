@@ -302,6 +302,10 @@ class SapB1Session:
                 response = self._client.request(method, url, params=params, json=json, headers=headers)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {_one_line(str(exc)) or 'connection failed'}"
+                if "CERTIFICATE_VERIFY_FAILED" in last:  # configuration, not an outage: retrying cannot help
+                    raise SapB1Unavailable(
+                        f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted "
+                        f"({last}); set B1_CA_BUNDLE to the PEM CA bundle of the B1 server") from None
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
