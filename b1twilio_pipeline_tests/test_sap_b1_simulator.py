@@ -223,6 +223,8 @@ def test_single_entities_and_not_found(sap_sim, client_for) -> None:
     warehouses = {row["WarehouseCode"]: row for row in item["ItemWarehouseInfoCollection"]}
     assert warehouses["01"]["InStock"] < warehouses["01"]["MinimalStock"]  # seeded below its reorder point
     assert client.get("Invoices(1)").json()["DocEntry"] == 1
+    selected = client.get("Invoices(1)", params={"$select": "DocNum,DocumentStatus"}).json()
+    assert set(selected) == {"odata.metadata", "DocNum", "DocumentStatus"}
     missing = client.get("Invoices(9999)")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == -2028
 

@@ -208,7 +208,8 @@ class SapB1Session:
     # ------------------------------------------------------------------------ session
 
     def _ensure_session(self) -> tuple[int, str]:
-        cookie, generation = self._cookie, self._generation
+        generation = self._generation  # read before the cookie: a stale pair can only skip a renewal
+        cookie = self._cookie
         if cookie is not None:
             return generation, cookie
         with self._lock:

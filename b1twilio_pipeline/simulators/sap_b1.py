@@ -908,7 +908,7 @@ class SapB1Handler(SimulatorHandler):
             elif key is None and method == "POST":
                 self._create(name, body)
             elif key is not None and not count:
-                self._single(method, name, key, body)
+                self._single(method, name, key, body, query)
             else:
                 raise B1Failure(405, -1000, f"Method {method} is not allowed on {resource}")
         elif name.startswith("U_"):
@@ -982,18 +982,19 @@ class SapB1Handler(SimulatorHandler):
         self.send_b1(201, {**self._metadata(name + self._entity_suffix()),
                            **sim.render(record, spec.fields, None)})
 
-    def _single(self, method: str, name: str, key: Any, body: bytes) -> None:
+    def _single(self, method: str, name: str, key: Any, body: bytes, query: dict[str, str]) -> None:
         sim = self.server
         if name.startswith("U_"):
             self._udt_single(method, name[2:], key, body)
             return
         spec = ENTITIES[name]
         if method == "GET":
+            select = parse_select(query["$select"], spec.fields, name) if query.get("$select") else None
             record = sim.get_record(name, key)
             if record is None:
                 raise not_found()
             self.send_b1(200, {**self._metadata(name + self._entity_suffix()),
-                               **sim.render(record, spec.fields, None)})
+                               **sim.render(record, spec.fields, select)})
         elif method == "PATCH":
             if sim.get_record(name, key) is None:
                 raise not_found()
