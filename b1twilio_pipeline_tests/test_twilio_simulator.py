@@ -230,10 +230,17 @@ def test_forced_429_then_success(twilio_sim: TwilioSimulator) -> None:
 
 def test_concurrency_limit_answers_429(twilio_sim: TwilioSimulator) -> None:
     twilio_sim.set_rate_limit(max_concurrency=1)
-    twilio_sim.set_latency(0.2)
+    twilio_sim.set_latency(0.5)
     results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(send_message(twilio_sim).status_code))
-               for _ in range(3)]
+    ready = threading.Barrier(3)
+
+    def send() -> None:
+        client, path = api(twilio_sim, "Messages.json")
+        with client:
+            ready.wait()
+            results.append(client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Body": "x"}).status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -1,0 +1,182 @@
+"""Delivery status and the B1 audit write-back.
+
+`notification_deliveries` reconciles every message or call that is not final yet by polling Twilio (the
+status callback receiver updates the same ledger when callbacks can reach us: either path alone gives the
+full picture), reports every status reached since the last run, tags the original notification run with
+its latest status, raises delivery exceptions as a failed asset check, and plans escalations.
+`b1_audit_records` writes each final status and read receipt to the B1 audit table, once.
+"""
+
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from b1twilio_pipeline import audit
+from b1twilio_pipeline.assets.alerts import NOTIFICATION_PLAN_KEY, plan_for
+from b1twilio_pipeline.delivery_status import StatusEvent, is_exception, is_final
+from b1twilio_pipeline.notify import NOTIFICATIONS_KEY, TAG_PREFIX
+from b1twilio_pipeline.resources.rules import RulesResource
+from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource
+from b1twilio_pipeline.resources.store import StoreResource
+from b1twilio_pipeline.resources.twilio import TwilioResource, TwilioSendError
+from b1twilio_pipeline.rules import RulesConfig
+from b1twilio_pipeline.store import DeliveryEvent, Ledger, Notification, utcnow
+
+DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
+AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])
+DELIVERY_GROUP = "notifications"
+EXCEPTION_CHECK = "no_delivery_exceptions"
+
+sent_notifications = dg.AssetSpec(
+    NOTIFICATIONS_KEY,
+    deps=[NOTIFICATION_PLAN_KEY],
+    group_name=DELIVERY_GROUP,
+    kinds={"twilio"},
+    description="Each SMS or call handed to Twilio; materialized by the notification runs, one per "
+                "notification, with rule, document, masked recipient, channel and SID.",
+)
+
+
+def _poll(twilio: TwilioResource, ledger: Ledger, log: Any) -> int:
+    changed = 0
+    for sid, channel in ledger.open_sids():
+        try:
+            status = twilio.fetch_status(sid)
+        except TwilioSendError as error:
+            log.warning(f"could not poll {sid}: {error}")
+            continue
+        changed += ledger.apply_status(StatusEvent(
+            sid=sid, channel=channel, status=status.status, error_code=status.error_code, source="poll",
+            received_at=utcnow()))
+    return changed
+
+
+def _tag_runs(instance: dg.DagsterInstance, ledger: Ledger, events: Sequence[DeliveryEvent]) -> None:
+    """Put each notification's latest status on its own run, so the run list answers 'did it arrive'."""
+    latest: dict[str, Notification] = {}
+    for event in events:
+        n = ledger.by_sid(event.sid)
+        if n is not None:
+            latest[event.sid] = n
+    for n in latest.values():
+        if n.run_id and instance.get_run_by_id(n.run_id) is not None:
+            instance.add_run_tags(n.run_id, {f"{TAG_PREFIX}/status": n.status})
+
+
+def _escalate(config: RulesConfig, ledger: Ledger) -> int:
+    """SMS undelivered/failed -> a voice call to the same person (sms_then_voice); SMS or call failed or
+    not answered -> the next person of an on-call chain (escalation.next_recipient)."""
+    planned = 0
+    for n in ledger.needs_escalation():
+        ledger.mark_escalated(n.notification_id)
+        rule = next((r for r in config.rules if r.id == n.rule_id), None)
+        if rule is None or not is_exception(n.channel, n.status):
+            continue
+        person = next((p for p in config.recipients_for(rule) if p.key == n.recipient), None)
+        if person is None:
+            continue
+        target, channel = (person, "voice") if n.channel == "sms" and rule.escalates_to_voice else (
+            config.next_recipient(rule, person), n.channel)
+        if target is None:
+            continue
+        planned += ledger.plan(plan_for(rule, [target], n.alert_id, n.document, ledger.alert_fields(n.alert_id),
+                                        channel, utcnow(), escalation_of=n.notification_id))
+    return planned
+
+
+def _event_rows(ledger: Ledger, events: Sequence[DeliveryEvent]) -> list[dict[str, Any]]:
+    rows = []
+    for event in events:
+        n = ledger.by_sid(event.sid)
+        rows.append({
+            "sid": event.sid, "status": event.status, "source": event.source,
+            "error_code": event.error_code or "", "rule": n.rule_id if n else "",
+            "document": n.document if n else "",
+            "recipient": f"{n.recipient_name} {n.recipient_masked}" if n else "",
+        })
+    return rows
+
+
+def _markdown(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "No new delivery statuses."
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    return header + "\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows[:200])
+
+
+@dg.asset(
+    key=DELIVERIES_KEY,
+    deps=[NOTIFICATIONS_KEY],
+    group_name=DELIVERY_GROUP,
+    kinds={"twilio", "sql"},
+    description="Every status each message or call went through (from status callbacks and from polling "
+                "Twilio for whatever is not final yet); undelivered/failed are delivery exceptions.",
+    check_specs=[dg.AssetCheckSpec(EXCEPTION_CHECK, asset=DELIVERIES_KEY,
+                                   description="No SMS undelivered/failed and no call unanswered/failed "
+                                               "among the statuses reported by this run.")],
+)
+def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
+                            store: StoreResource) -> dg.MaterializeResult:
+    ledger = store.ledger()
+    polled = _poll(twilio, ledger, context.log)
+    events = ledger.unreported()
+    _tag_runs(context.instance, ledger, events)
+    escalations = _escalate(rules.load(), ledger)
+    rows = _event_rows(ledger, events)
+    exceptions = [row for row, event in zip(rows, events, strict=True)
+                  if is_exception(event.channel, event.status)]
+    ledger.mark_reported(event.seq for event in events)
+    final = sum(1 for e in events if is_final(e.channel, e.status))
+    return dg.MaterializeResult(
+        metadata={
+            "statuses_reported": len(events), "final_statuses": final, "changed_by_polling": polled,
+            "delivery_exceptions": len(exceptions), "escalations_planned": escalations,
+            "statuses": dg.MetadataValue.md(_markdown(rows)),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=EXCEPTION_CHECK, passed=not exceptions, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"exceptions": dg.MetadataValue.md(_markdown(exceptions))},
+        )],
+    )
+
+
+def _record(ledger: Ledger, event: DeliveryEvent) -> audit.AuditRecord:
+    n = ledger.by_sid(event.sid)
+    return audit.AuditRecord(
+        sid=event.sid, status=event.status, channel=event.channel, rule_id=n.rule_id if n else "",
+        document=n.document if n else "", recipient=f"{n.recipient_name} {n.recipient_masked}" if n else "",
+        error_code=event.error_code, event_time=event.received_at.isoformat(timespec="seconds"),
+        source=event.source)
+
+
+@dg.asset(
+    key=AUDIT_KEY,
+    deps=[DELIVERIES_KEY],
+    group_name=DELIVERY_GROUP,
+    kinds={"sap"},
+    description=f"Each final delivery status and read receipt written to the B1 table @{audit.TABLE} "
+                "(created on first use if the setup command was not run), exactly once.",
+)
+def b1_audit_records(context: dg.AssetExecutionContext, sap: SapB1Resource,
+                     store: StoreResource) -> dg.MaterializeResult:
+    ledger = store.ledger()
+    session = sap.session()
+    events = ledger.unaudited()
+    outcomes = {"written": 0, "exists": 0}
+    for event in events:
+        record = _record(ledger, event)
+        try:
+            outcome = audit.write_record(session, record)
+        except SapB1Error as error:
+            if error.status != 404:
+                raise
+            context.log.info(f"audit table missing ({error.b1_message}): creating it")
+            audit.setup_audit_table(session)
+            outcome = audit.write_record(session, record)
+        outcomes[outcome] += 1
+        ledger.mark_audited([event.seq])
+    return dg.MaterializeResult(metadata={
+        "receipts_written": outcomes["written"], "already_in_b1": outcomes["exists"],
+        "dagster/row_count": len(events)})

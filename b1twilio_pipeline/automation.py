@@ -1,0 +1,166 @@
+"""Jobs, the polling schedule and the sensors that move work along the one-directional flow
+SAP -> snapshots -> alert candidates -> notifications -> delivery status -> SAP audit.
+
+Sensor bodies never call SAP or Twilio (a sensor tick times out after 60 s): they read Dagster's event
+log or our own database and launch runs; the runs do the slow work. Everything defaults to RUNNING and
+can be switched off in the UI.
+"""
+
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from b1twilio_pipeline.assets.alerts import ALERTS_GROUP
+from b1twilio_pipeline.assets.deliveries import AUDIT_KEY, DELIVERIES_KEY
+from b1twilio_pipeline.assets.snapshots import (
+    ENTITIES,
+    OPEN_INVOICES_KEY,
+    SNAPSHOT_GROUP,
+    STATE_GROUP,
+    STOCK_LEVELS_KEY,
+    snapshot_key,
+)
+from b1twilio_pipeline.notify import notification_tags, notify_job
+from b1twilio_pipeline.polling import PollingSettings
+from b1twilio_pipeline.resources.store import StoreResource
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+RUNNING = dg.DefaultSensorStatus.RUNNING
+STATE_KEYS = (OPEN_INVOICES_KEY, STOCK_LEVELS_KEY)
+SNAPSHOT_KEYS = (*(snapshot_key(spec) for spec in ENTITIES), *STATE_KEYS)
+
+state_refresh_job = dg.define_asset_job(
+    "state_refresh_job", selection=dg.AssetSelection.groups(STATE_GROUP),
+    description="Full refresh of open invoices and stock levels (state that changes without UpdateDate).")
+alerts_job = dg.define_asset_job(
+    "alerts_job", selection=dg.AssetSelection.groups(ALERTS_GROUP),
+    description="Evaluate every rule over the snapshots and plan notifications for new alerts.")
+delivery_job = dg.define_asset_job(
+    "delivery_job", selection=dg.AssetSelection.assets(DELIVERIES_KEY, AUDIT_KEY),
+    description="Reconcile delivery statuses with Twilio and write receipts to the B1 audit table.")
+
+
+def build_snapshot_job(partitions_def: dg.PartitionsDefinition) -> "UnresolvedAssetJobDefinition":
+    return dg.define_asset_job(
+        "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), partitions_def=partitions_def,
+        description="Poll B1 for what changed in a window; backfill a missed window from the UI or CLI.")
+
+
+def poll_requests(partitions_def: dg.TimeWindowPartitionsDefinition, now: datetime) -> list[dg.RunRequest]:
+    """The still-open window, every tick; the window that just closed, once more (its run key repeats,
+    so Dagster launches it only once)."""
+    open_key = partitions_def.get_partition_key_for_timestamp(now.timestamp())
+    open_start = partitions_def.time_window_for_partition_key(open_key).start
+    closed_key = partitions_def.get_partition_key_for_timestamp((open_start - timedelta(seconds=1)).timestamp())
+    return [
+        dg.RunRequest(partition_key=closed_key, run_key=f"{closed_key}:closing-read",
+                      tags={"b1twilio/poll": "closing-read"}),
+        dg.RunRequest(partition_key=open_key, run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
+                      tags={"b1twilio/poll": "open-window"}),
+    ]
+
+
+def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
+                        snapshot_job: "UnresolvedAssetJobDefinition") -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="snapshot_poll_schedule", cron_schedule=polling.poll_cron, job=snapshot_job,
+        execution_timezone=polling.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Re-reads the open polling window every tick (low latency) and the just-closed window "
+                    "once more (nothing on the edge is missed).",
+    )
+    def snapshot_poll_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        return poll_requests(partitions_def, context.scheduled_execution_time)
+
+    return snapshot_poll_schedule
+
+
+def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
+    records = instance.fetch_materializations(key, limit=1, ascending=False).records
+    return records[0].storage_id if records else 0
+
+
+def build_state_refresh_sensor(polling: PollingSettings) -> dg.SensorDefinition:
+    @dg.sensor(job=state_refresh_job, minimum_interval_seconds=30, default_status=RUNNING,
+               description=f"Full sync at first start, then a refresh every {polling.refresh_minutes} min.")
+    def state_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        ages = []
+        for key in STATE_KEYS:
+            event = context.instance.get_latest_materialization_event(key)
+            ages.append(None if event is None else datetime.now(UTC).timestamp() - event.timestamp)
+        if all(age is not None and age < polling.refresh_minutes * 60 for age in ages):
+            return dg.SkipReason("state is fresh")
+        bucket = int(datetime.now(UTC).timestamp() // (polling.refresh_minutes * 60))
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"state-refresh:{bucket}")])
+
+    return state_refresh_sensor
+
+
+class _Cursor:
+    """Small JSON cursors, so a sensor restart resumes where it was."""
+
+    @staticmethod
+    def load(raw: str | None) -> dict[str, float]:
+        return json.loads(raw) if raw else {}
+
+    @staticmethod
+    def dump(value: dict[str, float]) -> str:
+        return json.dumps(value, sort_keys=True)
+
+
+@dg.sensor(job=alerts_job, minimum_interval_seconds=15, default_status=RUNNING,
+           description="Evaluates the rules after every new snapshot materialization, and at least every "
+                       "15 minutes (an invoice becomes overdue when the calendar moves on).")
+def alert_evaluation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    cursor = _Cursor.load(context.cursor)
+    latest = max(_latest_storage_id(context.instance, key) for key in SNAPSHOT_KEYS)
+    now = datetime.now(UTC).timestamp()
+    calendar_due = now - cursor.get("evaluated_at", 0) >= 15 * 60
+    if latest <= cursor.get("storage_id", 0) and not calendar_due:
+        return dg.SkipReason("no new snapshot since the last evaluation")
+    run_key = f"evaluate:{latest}" if latest > cursor.get("storage_id", 0) else f"evaluate:clock:{int(now)}"
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key)],
+                           cursor=_Cursor.dump({"storage_id": latest, "evaluated_at": now}))
+
+
+@dg.sensor(job=notify_job, minimum_interval_seconds=10, default_status=RUNNING,
+           description="One run per due notification (alert x recipient x channel); the run key is the "
+                       "notification id, so Dagster itself refuses a duplicate.")
+def notification_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
+    cursor = _Cursor.load(context.cursor)
+    now = datetime.now(UTC)
+    released_after = datetime.fromtimestamp(cursor["tick"], UTC) if "tick" in cursor else None
+    ledger = store.ledger()
+    due = ledger.due(now, after_seq=int(cursor.get("seq", 0)), released_after=released_after)
+    new_cursor = _Cursor.dump({"seq": max([n.seq for n in due] + [int(cursor.get("seq", 0))]),
+                               "tick": now.timestamp()})
+    requests = [
+        dg.RunRequest(run_key=n.notification_id,
+                      run_config={"ops": {"send_notification": {"config": {
+                          "notification_id": n.notification_id}}}},
+                      tags={**notification_tags(n), "b1twilio/notification": n.notification_id[:250]})
+        for n in due
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+
+
+@dg.sensor(job=delivery_job, minimum_interval_seconds=15, default_status=RUNNING,
+           description="Reconciles message and call status with Twilio while anything is not final, "
+                       "reports new statuses and writes receipts to B1.")
+def delivery_status_sensor(context: dg.SensorEvaluationContext,
+                       store: StoreResource) -> dg.SensorResult | dg.SkipReason:
+    work = store.ledger().pending_work()
+    if not any(work[k] for k in ("open", "unreported", "unaudited")):
+        return dg.SkipReason("no message or call waiting for a status")
+    in_flight = context.instance.get_runs_count(dg.RunsFilter(
+        job_name=delivery_job.name,
+        statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    if in_flight:
+        return dg.SkipReason("a delivery run is in progress")
+    bucket = int(datetime.now(UTC).timestamp() // 30)
+    return dg.SensorResult(run_requests=[dg.RunRequest(
+        run_key=f"deliveries:{work['max_event_seq']}:{bucket}")])

@@ -1,0 +1,212 @@
+"""End-to-end behaviour of the pipeline against both simulators, in a PostgreSQL-backed Dagster instance:
+B1 change -> snapshot -> alert -> notification run -> Twilio -> delivery status -> B1 audit table."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import parse_qs
+
+import dagster as dg
+import pytest
+
+from b1twilio_pipeline.resources.twilio import TwilioResource
+from b1twilio_pipeline.store import SENDING, Ledger, utcnow
+from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline
+from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
+
+pytestmark = pytest.mark.postgres
+
+AP_PHONES = {"+15005550101", "+15005550102"}
+
+
+def _sms_to(pipeline: Pipeline, numbers: set[str]) -> list[dict]:
+    return [m for m in pipeline.twilio.messages() if m["to"] in numbers]
+
+
+def _call_twiml(pipeline: Pipeline) -> list[str]:
+    """The inline TwiML of every call request the Twilio simulator received."""
+    return [parse_qs(r.body.decode())["Twiml"][0] for r in pipeline.twilio.api_requests()
+            if r.method == "POST" and r.path.endswith("/Calls.json")]
+
+
+def _add_supplier_invoice(pipeline: Pipeline, **fields: object) -> dict:
+    return pipeline.sap.add_document("PurchaseInvoices", {
+        "CardCode": "V10000", "CardName": "Acme Components GmbH", "DocCurrency": "EUR",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 10, "Price": 123.45}], **fields})
+
+
+def test_new_supplier_invoice_is_texted_once_to_each_recipient(pipeline: Pipeline) -> None:
+    invoice = _add_supplier_invoice(pipeline)
+
+    runs = pipeline.flow()
+
+    assert len(runs) == 2 and all(run.success for run in runs)
+    sent = _sms_to(pipeline, AP_PHONES)
+    assert {m["to"] for m in sent} == AP_PHONES
+    for message in sent:
+        assert "Acme Components GmbH" in message["body"]
+        assert str(invoice["DocNum"]) in message["body"]
+        assert "1,234.50 EUR" in message["body"]
+    run_tags = runs[0].dagster_run.tags
+    assert run_tags["b1twilio/rule"] == "ap-new-supplier-invoice"
+    assert run_tags["b1twilio/document"] == f"PurchaseInvoices {invoice['DocNum']}"
+    assert "+15005550101" not in str(run_tags) and "+15005550102" not in str(run_tags)
+    stored = pipeline.instance.get_run_by_id(runs[0].run_id)
+    assert stored is not None and stored.tags["b1twilio/sid"].startswith("SM")
+
+
+def test_rerun_backfill_restart_and_update_send_nothing_more(pipeline: Pipeline) -> None:
+    invoice = _add_supplier_invoice(pipeline)
+    pipeline.flow()
+    assert len(_sms_to(pipeline, AP_PHONES)) == 2
+
+    pipeline.flow()  # the same window polled again
+    pipeline.cursors.pop("notification_sensor")  # the sensor restarts from scratch
+    pipeline.evaluate()
+    for run in pipeline.notify():  # whatever it asks for again is refused by the ledger
+        assert run.success
+    pipeline.sap.advance_clock(120)
+    pipeline.sap.update_document("PurchaseInvoices", invoice["DocEntry"], {"Comments": "approved"})
+    pipeline.flow()  # a changed document is not a new receipt
+
+    assert len(_sms_to(pipeline, AP_PHONES)) == 2
+
+
+def test_same_docnum_and_date_handed_over_twice_is_one_event(pipeline: Pipeline) -> None:
+    first = _add_supplier_invoice(pipeline)
+    # B1 has no idempotency guarantee: the same DocNum and date arrive again under another DocEntry.
+    pipeline.sap.add_document("PurchaseInvoices", {
+        "DocNum": first["DocNum"], "DocDate": first["DocDate"], "CardCode": "V10000",
+        "CardName": "Acme Components GmbH", "DocumentLines": [{"ItemCode": "A001", "Quantity": 1, "Price": 1}]})
+    pipeline.flow()
+    assert len(_sms_to(pipeline, AP_PHONES)) == 2
+
+
+def test_overdue_invoice_places_one_voice_call_with_amount_and_due_date(pipeline: Pipeline) -> None:
+    today = pipeline.sap.clock.now().date()
+    due = today - timedelta(days=40)
+    # Last changed long before the pipeline existed: only the state refresh can see it.
+    invoice = pipeline.sap.add_document("Invoices", {
+        "CardCode": "C20000", "CardName": "Northwind Traders", "DocCurrency": "EUR",
+        "DocDate": (due - timedelta(days=30)).isoformat(), "DocDueDate": due.isoformat(),
+        "UpdateDate": (due - timedelta(days=30)).isoformat(), "UpdateTime": "09:00:00",
+        "DocTotal": 1000.0, "PaidToDate": 250.0})
+
+    pipeline.refresh_state()
+    pipeline.evaluate()
+    runs = pipeline.notify()
+    pipeline.refresh_state()
+    pipeline.evaluate()
+    runs += pipeline.notify()
+
+    calls = [c for c in pipeline.twilio.calls() if c["to"] == "+15005550103"]
+    assert len(runs) == 1 and len(calls) == 1
+    twiml = _call_twiml(pipeline)[0]
+    assert "750.00" in twiml and due.isoformat() in twiml and str(invoice["DocNum"]) in twiml
+    assert "40 days overdue" in twiml
+
+
+def test_stock_alerts_once_per_fall_below_reorder_point(pipeline: Pipeline) -> None:
+    pipeline.sap.add_document("Items", {
+        "ItemCode": "B200", "ItemName": "Pallet wrap",
+        "ItemWarehouseInfoCollection": [{"WarehouseCode": "01", "InStock": 50, "MinimalStock": 20}]})
+    warehouse_sms = {"+15005550104"}
+
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    assert _sms_to(pipeline, warehouse_sms) == []
+
+    pipeline.sap.set_item_stock("B200", "01", 5)
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    assert len(_sms_to(pipeline, warehouse_sms)) == 1
+    assert "B200 Pallet wrap in 01 is 5, below reorder point 20" in _sms_to(pipeline, warehouse_sms)[0]["body"]
+
+    pipeline.sap.set_item_stock("B200", "01", 3)  # still below: the same episode
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    assert len(_sms_to(pipeline, warehouse_sms)) == 1
+
+    pipeline.sap.set_item_stock("B200", "01", 40)  # recovered
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    pipeline.sap.set_item_stock("B200", "01", 2)  # and fell again
+    pipeline.refresh_state(); pipeline.evaluate(); pipeline.notify()  # noqa: E702
+    assert len(_sms_to(pipeline, warehouse_sms)) == 2
+
+
+def test_delivery_receipt_reaches_ledger_dagster_and_b1_audit_once(pipeline: Pipeline) -> None:
+    _add_supplier_invoice(pipeline)
+    runs = pipeline.flow()
+    pipeline.twilio.advance()  # delivered at Twilio; no callback URL configured: polling finds it
+
+    pipeline.deliveries()
+    pipeline.deliveries()
+
+    ledger = pipeline.store.ledger()
+    sid = runs[0].dagster_run and pipeline.instance.get_run_by_id(runs[0].run_id).tags["b1twilio/sid"]
+    assert ledger.by_sid(sid).status == "delivered"
+    assert [e.status for e in ledger.history(sid)] == ["delivered"]
+    audit_rows = pipeline.sap.udt_rows("B1TW_AUDIT")
+    assert sorted(row["U_Status"] for row in audit_rows) == ["delivered", "delivered"]
+    assert {row["U_MsgSid"] for row in audit_rows} == {m["sid"] for m in _sms_to(pipeline, AP_PHONES)}
+    assert all("+1500555010" not in str(row) for row in audit_rows)
+    event = pipeline.instance.get_latest_materialization_event(dg.AssetKey(["notifications",
+                                                                            "notification_deliveries"]))
+    assert event is not None
+    assert pipeline.instance.get_run_by_id(runs[0].run_id).tags["b1twilio/status"] == "delivered"
+
+
+def test_undelivered_sms_is_a_delivery_exception(pipeline: Pipeline) -> None:
+    pipeline.twilio.set_rules({"+15005550101": {"message": "undelivered", "error_code": 30003}})
+    _add_supplier_invoice(pipeline)
+    pipeline.flow()
+    pipeline.twilio.advance()
+
+    result = pipeline.deliveries()
+
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 1 and checks[0].passed is False
+    statuses = sorted(row["U_Status"] for row in pipeline.sap.udt_rows("B1TW_AUDIT"))
+    assert statuses == ["delivered", "undelivered"]
+
+
+def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipeline) -> None:
+    _add_supplier_invoice(pipeline)
+    pipeline.poll()
+    pipeline.evaluate()
+    ledger: Ledger = pipeline.store.ledger()
+    victim = ledger.due(utcnow())[0]
+    # The earlier run recorded 'sending', Twilio accepted the SMS, then the worker died before the SID.
+    ledger.mark_sending(victim.notification_id, run_id=None)
+    twilio: TwilioResource = TwilioResource(
+        account_sid=pipeline.twilio.account_sid, auth_token=pipeline.twilio.auth_token,
+        from_number=SIM_FROM_NUMBER, api_base_url=pipeline.twilio.url, status_callback_url="")
+    phone = "+15005550101" if "Dana" in victim.recipient_name else "+15005550102"
+    accepted = twilio.send_sms(phone, victim.body)
+    assert ledger.get(victim.notification_id).status == SENDING
+
+    runs = pipeline.notify()  # the other recipient's notification
+    # Dagster's run retry re-executes the interrupted notification run with the same config.
+    retry = pipeline.run_job("notify_job", run_config={"ops": {"send_notification": {"config": {
+        "notification_id": victim.notification_id}}}})
+
+    assert len(runs) == 1 and runs[0].success and retry.success
+    assert len(_sms_to(pipeline, AP_PHONES)) == 2  # one each: the interrupted one was adopted, not resent
+    assert ledger.get(victim.notification_id).sid == accepted.sid
+
+
+def test_missed_window_is_filled_by_a_backfill_and_alerts_then(pipeline: Pipeline) -> None:
+    partitions = pipeline.defs.resolve_job_def("snapshot_job").partitions_def
+    now = pipeline.sap.clock.now()
+    missed_at = now - timedelta(hours=2)
+    _add_supplier_invoice(pipeline, UpdateDate=missed_at.date().isoformat(),
+                          UpdateTime=missed_at.strftime("%H:%M:%S"))
+    pipeline.flow()  # the current window does not contain it
+    assert _sms_to(pipeline, AP_PHONES) == []
+
+    first = partitions.get_partition_key_for_timestamp((missed_at - timedelta(minutes=30)).timestamp())
+    last = partitions.get_partition_key_for_timestamp((missed_at + timedelta(minutes=30)).timestamp())
+    pipeline.run_job("snapshot_job", tags={"dagster/asset_partition_range_start": first,
+                                           "dagster/asset_partition_range_end": last})
+    pipeline.evaluate()
+    pipeline.notify()
+
+    assert len(_sms_to(pipeline, AP_PHONES)) == 2
