@@ -238,7 +238,8 @@ def test_concurrency_limit_answers_429(twilio_sim: TwilioSimulator) -> None:
         client, path = api(twilio_sim, "Messages.json")
         with client:
             ready.wait()
-            results.append(client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Body": "x"}).status_code)
+            answer = client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Body": "x"})
+        results.append(answer.status_code)
 
     threads = [threading.Thread(target=send) for _ in range(3)]
     for thread in threads:
