@@ -30,16 +30,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-if TYPE_CHECKING:
-    from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline.errors import ConfigurationError
 
-    class SecretsStoreError(ConfigurationError):
-        """The store cannot be read or written (wrong key, modified file, bad key format)."""
+
+class SecretsStoreError(ConfigurationError):
+    """The store cannot be read or written (wrong key, modified file, bad key format)."""
 
 
 __all__ = [
@@ -98,28 +97,6 @@ _KEYRING_TTL_SECONDS = 30.0
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, str]]] = {}
 _keyring_cache: tuple[float, str | None] | None = None
-_error_class: type[Exception] | None = None
-
-
-def _store_error(message: str) -> Exception:
-    """A SecretsStoreError. Built lazily: settings.py imports this module before it defines
-    ConfigurationError, so the subclass can only be created once settings is fully loaded."""
-    global _error_class
-    if _error_class is None:
-        from b1twilio_pipeline.settings import ConfigurationError as base
-
-        _error_class = type(
-            "SecretsStoreError",
-            (base,),
-            {"__module__": __name__, "__doc__": "The store cannot be read or written (wrong key, ...)."},
-        )
-    return _error_class(message)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SecretsStoreError":
-        return type(_store_error(""))
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
@@ -139,7 +116,7 @@ def parse_key(text: str, source: str = KEY_ENV) -> bytes:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:
-        raise _store_error(
+        raise SecretsStoreError(
             f"{source} is not a valid key: expected 32 bytes in urlsafe base64 (44 characters) as printed "
             "by `b1twilio secrets generate-key`"
         )
@@ -174,7 +151,7 @@ def store_key_in_keyring(key_text: str) -> None:
         keyring.set_password(KEYRING_SERVICE, KEYRING_USERNAME, key_text)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _store_error(
+        raise SecretsStoreError(
             f"cannot store the key in the OS keyring ({reason}): export {KEY_ENV} instead"
         ) from None
     _keyring_cache = None
@@ -216,18 +193,18 @@ def validate_entry(name: str, value: str, *, allow_unknown: bool = False) -> Non
     from b1twilio_pipeline.rules import is_e164
 
     if name == KEY_ENV:
-        raise _store_error(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")
+        raise SecretsStoreError(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")
     if not _NAME.match(name):
-        raise _store_error(f"'{name}' is not a setting name: use A-Z, 0-9 and _ like B1_PASSWORD")
+        raise SecretsStoreError(f"'{name}' is not a setting name: use A-Z, 0-9 and _ like B1_PASSWORD")
     if not (allow_unknown or name in KNOWN_NAMES or (name.startswith("PHONE_") and len(name) > 6)):
-        raise _store_error(
+        raise SecretsStoreError(
             f"{name} is not a setting the pipeline reads (known: {', '.join(KNOWN_NAMES)}, PHONE_<REF>); "
             "use --force to store it anyway"
         )
     if not value:
-        raise _store_error(f"the value for {name} is empty")
+        raise SecretsStoreError(f"the value for {name} is empty")
     if is_phone_name(name) and not is_e164(value):
-        raise _store_error(
+        raise SecretsStoreError(
             f"{name}: '{mask_phone(value)}' is not an E.164 number ('+', country code and number, no spaces)"
         )
 
@@ -242,7 +219,7 @@ class SecretsStore:
         self.path = Path(path).expanduser()
         self.key = parse_key(key, "the key") if isinstance(key, str) else key
         if len(self.key) != 32:
-            raise _store_error("the secrets store key must be 32 bytes")
+            raise SecretsStoreError("the secrets store key must be 32 bytes")
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -302,13 +279,13 @@ class SecretsStore:
     def _decrypt(self, blob: bytes) -> dict[str, str]:
         header = len(_MAGIC) + _NONCE_BYTES
         if len(blob) < header + _TAG_BYTES or not blob.startswith(_MAGIC):
-            raise _store_error(
+            raise SecretsStoreError(
                 f"cannot decrypt {self.path}: not a b1twilio secrets file (or the file was modified)"
             )
         try:
             plain = AESGCM(self.key).decrypt(blob[len(_MAGIC) : header], blob[header:], _MAGIC)
         except InvalidTag:
-            raise _store_error(
+            raise SecretsStoreError(
                 f"cannot decrypt {self.path}: wrong {KEY_ENV} or the file was modified"
             ) from None
         document = json.loads(plain.decode("utf-8"))

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 
+from b1twilio_pipeline.errors import ConfigurationError
 from b1twilio_pipeline.secrets_store import read_secret
 
-
-class ConfigurationError(Exception):
-    """A setting is missing or invalid. The message is one line saying what and how to fix it."""
+__all__ = ["ConfigurationError", "require_setting", "setting"]
 
 
 def setting(name: str, default: str | None = None) -> str | None:

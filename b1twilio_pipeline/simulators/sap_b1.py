@@ -17,9 +17,7 @@ import json
 import math
 import os
 import re
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -377,10 +375,7 @@ class SapB1Simulator(SimulatorHTTPServer):
         return self.url + self.prefix
 
     def start_background(self) -> SapB1Simulator:
-        """Serve from a daemon thread; a short poll interval keeps `stop()` quick in tests."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=type(self).__name__, daemon=True)
-        self._thread.start()
+        super().start_background()
         return self
 
     def log_request_entry(self, entry: LoggedRequest) -> None:
@@ -800,12 +795,6 @@ class SapB1Handler(SimulatorHandler):
     """Routes Service Layer and admin requests to the simulator object."""
 
     server: SapB1Simulator
-
-    def setup(self) -> None:
-        """No Nagle delay: headers and body are written separately, and keep-alive clients would otherwise
-        wait for a delayed ACK (~40 ms) on every request."""
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # ----------------------------------------------------------------------- replies
 

@@ -268,11 +268,9 @@ class TwilioSimulator(SimulatorHTTPServer):
         return self.state.auth_token
 
     def start_background(self) -> TwilioSimulator:
-        """Serve from a daemon thread; a short poll interval keeps `stop()` quick in tests."""
+        """Serve from a daemon thread, with the lifecycle worker running."""
         self.state.start()
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=type(self).__name__, daemon=True)
-        self._thread.start()
+        super().start_background()
         return self
 
     def stop(self) -> None:
