@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import socket
@@ -268,13 +269,31 @@ def start_background(
 
 
 def _sink_from_settings() -> StatusSink:
-    """The notification ledger when the store module provides one, else the in-memory fallback."""
-    try:
-        from b1twilio_pipeline.store import ledger_from_settings
-    except ImportError:
-        log.warning("notification ledger not available: statuses are kept in memory only")
-        return MemoryStatusSink()
+    """The notification ledger on B1TWILIO_DATABASE_URL (the same database the pipeline uses)."""
+    from b1twilio_pipeline.store import ledger_from_settings
+
     return ledger_from_settings()
+
+
+def dagster_reporter() -> Callable[[StatusEvent], None] | None:
+    """Report each status change to Dagster as an observation of the deliveries asset, when a Dagster
+    instance is configured (DAGSTER_HOME); the delivery sensor then reconciles and audits it."""
+    if not os.environ.get("DAGSTER_HOME"):
+        log.info("DAGSTER_HOME is not set: statuses go to the ledger only")
+        return None
+    import dagster as dg
+
+    from b1twilio_pipeline.assets.deliveries import DELIVERIES_KEY
+
+    instance = dg.DagsterInstance.get()
+
+    def report(event: StatusEvent) -> None:
+        instance.report_runless_asset_event(dg.AssetObservation(
+            asset_key=DELIVERIES_KEY, description=f"{event.status} ({event.source})",
+            metadata={"sid": event.sid, "status": event.status, "channel": event.channel,
+                      "error_code": event.error_code or 0, "source": event.source}))
+
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = _base_url(args.host, sock)
     public_url = args.public_url or setting("TWILIO_STATUS_CALLBACK_URL") or url + STATUS_PATH
     try:
-        app = create_app(auth_token=auth_token, public_url=public_url, sink=_sink_from_settings())
+        app = create_app(auth_token=auth_token, public_url=public_url, sink=_sink_from_settings(),
+                         on_change=dagster_reporter())
     except ConfigurationError as exc:
         sock.close()
         print(f"error: {exc}", file=sys.stderr)

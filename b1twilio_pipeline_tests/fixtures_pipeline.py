@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,10 @@ recipients:
     - {name: Sam, phone: "+15005550103"}
   warehouse:
     - {name: Lee, phone: "+15005550104"}
+  buyers:
+    - {name: Kim, phone: "+15005550105"}
+  night_shift:
+    - {name: Max, phone: "+15005550106"}
 rules:
   - id: ap-new-supplier-invoice
     kind: purchase_invoice_received
@@ -110,6 +114,17 @@ rules:
     warehouses: ["01"]
     recipients: [warehouse]
     template: "Stock of {ItemCode} {ItemName} in {WarehouseCode} is {InStock:g}, below reorder point {MinimalStock:g}."
+  - id: po-watch
+    kind: purchase_order_changed
+    channel: sms_then_voice
+    recipients: [buyers]
+    template: "PO {DocNum} for {CardName}: {change}"
+  - id: new-customer-invoice-quiet
+    kind: sales_invoice_created
+    channel: sms
+    recipients: [night_shift]
+    quiet_hours: {start: "00:00", end: "23:59"}
+    template: "Invoice {DocNum} to {CardName}: {DocTotal:,.2f}"
 """
 
 
@@ -180,27 +195,44 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
+PipelineFactory = Callable[..., Pipeline]
+
+
 @pytest.fixture
-def pipeline(pg_instance: dg.DagsterInstance, pg_store_url: str, rules_file: Path) -> Iterator[Pipeline]:
-    sap = SapB1Simulator(port=0, seed=False).start_background()
-    twilio = TwilioSimulator(port=0, status_delay_s=0.05).start_background()
-    twilio.set_auto_advance(False)
-    store = StoreResource(database_url=pg_store_url)
-    resources: dict[str, dg.ConfigurableResource] = {
-        "sap": SapB1Resource(service_layer_url=sap.base_url, company_db=sap.company_db, username=sap.username,
-                             password=DEMO_PASSWORD, timezone=sap.timezone, backoff_base_s=0.01),
-        "twilio": TwilioResource(account_sid=twilio.account_sid, auth_token=twilio.auth_token,
-                                 from_number=SIM_FROM_NUMBER, api_base_url=twilio.url, status_callback_url="",
-                                 backoff_base_s=0.001, backoff_max_s=0.01),
-        "store": store,
-        "rules": RulesResource(path=str(rules_file)),
-    }
-    defs = build_definitions(rules_path=str(rules_file), resources=resources)
-    try:
-        yield Pipeline(defs, pg_instance, sap, twilio, store)
-    finally:
-        sap.stop()
-        twilio.stop()
+def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
+                     rules_file: Path) -> Iterator[PipelineFactory]:
+    """Build the pipeline once per test; `status_callback_url` turns Twilio status callbacks on."""
+    started: list[Pipeline] = []
+
+    def build(status_callback_url: str = "") -> Pipeline:
+        sap = SapB1Simulator(port=0, seed=False).start_background()
+        twilio = TwilioSimulator(port=0, status_delay_s=0.05).start_background()
+        twilio.set_auto_advance(False)
+        store = StoreResource(database_url=pg_store_url)
+        resources: dict[str, dg.ConfigurableResource] = {
+            "sap": SapB1Resource(service_layer_url=sap.base_url, company_db=sap.company_db,
+                                 username=sap.username, password=DEMO_PASSWORD, timezone=sap.timezone,
+                                 backoff_base_s=0.01),
+            "twilio": TwilioResource(account_sid=twilio.account_sid, auth_token=twilio.auth_token,
+                                     from_number=SIM_FROM_NUMBER, api_base_url=twilio.url,
+                                     status_callback_url=status_callback_url, backoff_base_s=0.001,
+                                     backoff_max_s=0.01),
+            "store": store,
+            "rules": RulesResource(path=str(rules_file)),
+        }
+        defs = build_definitions(rules_path=str(rules_file), resources=resources)
+        started.append(Pipeline(defs, pg_instance, sap, twilio, store))
+        return started[-1]
+
+    yield build
+    for built in started:
+        built.sap.stop()
+        built.twilio.stop()
+
+
+@pytest.fixture
+def pipeline(pipeline_factory: PipelineFactory) -> Pipeline:
+    return pipeline_factory()
 
 
 def utc(*args: int) -> datetime:

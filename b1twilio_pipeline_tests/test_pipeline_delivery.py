@@ -1,0 +1,109 @@
+"""Delivery side of the pipeline: signed status callbacks into the ledger and Dagster, escalation of failed
+SMS to a voice call, and quiet hours holding SMS."""
+
+import socket
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from b1twilio_pipeline.assets.deliveries import DELIVERIES_KEY
+from b1twilio_pipeline.callbacks import STATUS_PATH, create_app, start_background
+from b1twilio_pipeline.delivery_status import StatusEvent
+from b1twilio_pipeline.simulators.twilio import DEMO_AUTH_TOKEN
+from b1twilio_pipeline.store import utcnow
+from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
+
+pytestmark = pytest.mark.postgres
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def with_callbacks(pipeline_factory: PipelineFactory, pg_store_url: str) -> Iterator[Pipeline]:
+    """The pipeline with Twilio status callbacks going to the real receiver, which writes to the ledger
+    and reports each change to the Dagster instance."""
+    port = _free_port()
+    public_url = f"http://127.0.0.1:{port}{STATUS_PATH}"
+    pipeline = pipeline_factory(status_callback_url=public_url)
+    instance = pipeline.instance
+
+    def report(event: StatusEvent) -> None:
+        instance.report_runless_asset_event(dg.AssetObservation(
+            asset_key=DELIVERIES_KEY, metadata={"sid": event.sid, "status": event.status}))
+
+    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.store.ledger(),
+                     on_change=report)
+    _, stop = start_background(app, port=port)
+    yield pipeline
+    stop()
+
+
+def _add_purchase_invoice(pipeline: Pipeline) -> None:
+    pipeline.sap.add_document("PurchaseInvoices", {
+        "CardCode": "V10000", "CardName": "Acme Components GmbH",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 2, "Price": 50}]})
+
+
+def test_signed_callbacks_update_ledger_and_dagster_and_audit_once(with_callbacks: Pipeline) -> None:
+    pipeline = with_callbacks
+    pipeline.twilio.set_callback_mode("duplicate")  # Twilio may deliver a callback twice
+    _add_purchase_invoice(pipeline)
+    runs = pipeline.flow()
+    pipeline.twilio.advance()
+    assert pipeline.twilio.wait_callbacks(10)
+
+    ledger = pipeline.store.ledger()
+    sids = [m["sid"] for m in pipeline.twilio.messages()]
+    assert len(sids) == 2 and len(runs) == 2
+    for sid in sids:  # before any polling: the callbacks alone brought the final status
+        assert ledger.by_sid(sid).status == "delivered"
+        assert {e.source for e in ledger.history(sid)} == {"callback"}
+    observed = pipeline.instance.fetch_observations(DELIVERIES_KEY, limit=50).records
+    assert {r.asset_observation.metadata["sid"].value for r in observed} >= set(sids)
+
+    pipeline.deliveries()
+    pipeline.deliveries()
+    rows = pipeline.sap.udt_rows("B1TW_AUDIT")
+    delivered = sorted(r["U_MsgSid"] for r in rows if r["U_Status"] == "delivered")
+    assert delivered == sorted(sids)
+
+
+def test_failed_sms_escalates_to_a_voice_call(pipeline: Pipeline) -> None:
+    buyer = "+15005550105"
+    pipeline.twilio.set_rules({buyer: {"message": "undelivered", "error_code": 30003}})
+    order = pipeline.sap.add_document("PurchaseOrders", {
+        "CardCode": "V10000", "CardName": "Acme Components GmbH",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 3, "Price": 10}]})
+    pipeline.flow()
+    assert [m["to"] for m in pipeline.twilio.messages()] == [buyer]
+    assert pipeline.twilio.calls() == []
+
+    pipeline.twilio.advance()
+    pipeline.deliveries()  # polls: undelivered -> plans the voice escalation
+    runs = pipeline.notify()
+    pipeline.deliveries()
+    runs += pipeline.notify()  # nothing more: one escalation only
+
+    calls = pipeline.twilio.calls()
+    assert len(runs) == 1 and runs[0].success
+    assert [c["to"] for c in calls] == [buyer]
+    assert runs[0].dagster_run.tags["b1twilio/channel"] == "voice"
+    assert pipeline.sap.get_record("PurchaseOrders", order["DocEntry"]) is not None
+
+
+def test_quiet_hours_hold_sms_until_they_end(pipeline: Pipeline) -> None:
+    pipeline.sap.add_document("Invoices", {
+        "CardCode": "C20000", "CardName": "Northwind Traders",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 1, "Price": 99}]})
+    pipeline.flow()
+
+    night_shift = [m for m in pipeline.twilio.messages() if m["to"] == "+15005550106"]
+    held = [n for n in pipeline.store.ledger().due(utcnow().replace(year=utcnow().year + 1))
+            if n.rule_id == "new-customer-invoice-quiet"]
+    assert night_shift == []
+    assert len(held) == 1 and held[0].not_before > utcnow()
