@@ -17,11 +17,11 @@ demo: install
 	$(BIN)/b1twilio demo
 
 test: install
-	$(BIN)/ruff check b1twilio_pipeline b1twilio_pipeline_tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check b1twilio_pipeline b1twilio_pipeline_tests benchmarks
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python -m benchmarks
