@@ -51,18 +51,24 @@ def build_snapshot_job(partitions_def: dg.PartitionsDefinition) -> "UnresolvedAs
         description="Poll B1 for what changed in a window; backfill a missed window from the UI or CLI.")
 
 
-def poll_requests(partitions_def: dg.TimeWindowPartitionsDefinition, now: datetime) -> list[dg.RunRequest]:
-    """The still-open window, every tick; the window that just closed, once more (its run key repeats,
-    so Dagster launches it only once)."""
+CLOSING_READ = "closing-read"
+
+
+def poll_requests(partitions_def: dg.TimeWindowPartitionsDefinition, now: datetime,
+                  instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    """The still-open window on every tick (low latency); the window that just closed once more, so a
+    change stamped in its last minute is not missed. A schedule only dedupes run keys within one tick,
+    so the closing read is asked for only while no run carries its run key yet."""
     open_key = partitions_def.get_partition_key_for_timestamp(now.timestamp())
     open_start = partitions_def.time_window_for_partition_key(open_key).start
     closed_key = partitions_def.get_partition_key_for_timestamp((open_start - timedelta(seconds=1)).timestamp())
-    return [
-        dg.RunRequest(partition_key=closed_key, run_key=f"{closed_key}:closing-read",
-                      tags={"b1twilio/poll": "closing-read"}),
-        dg.RunRequest(partition_key=open_key, run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
-                      tags={"b1twilio/poll": "open-window"}),
-    ]
+    requests = [dg.RunRequest(partition_key=open_key, run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
+                              tags={"b1twilio/poll": "open-window"})]
+    closing_key = f"{closed_key}:{CLOSING_READ}"
+    if not instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": closing_key})):
+        requests.insert(0, dg.RunRequest(partition_key=closed_key, run_key=closing_key,
+                                         tags={"b1twilio/poll": CLOSING_READ}))
+    return requests
 
 
 def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
@@ -74,7 +80,7 @@ def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowP
                     "once more (nothing on the edge is missed).",
     )
     def snapshot_poll_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        return poll_requests(partitions_def, context.scheduled_execution_time)
+        return poll_requests(partitions_def, context.scheduled_execution_time, context.instance)
 
     return snapshot_poll_schedule
 
