@@ -226,9 +226,16 @@ class SnapshotStore:
                 ), writes)
         return new, updated
 
-    def keys(self, entity: str) -> set[str]:
+    def field_by_key(self, entity: str, keys: Iterable[str], field: str) -> dict[str, Any]:
+        """One field of the given records, e.g. DocNum of the invoices a payment settles."""
+        wanted = sorted(set(keys))
+        found: dict[str, Any] = {}
         with self.engine.connect() as conn:
-            return set(conn.scalars(sa.select(snapshots.c.key).where(snapshots.c.entity == entity)))
+            for chunk in _chunks(wanted, 500):
+                for key, payload in conn.execute(sa.select(snapshots.c.key, snapshots.c.payload).where(
+                        snapshots.c.entity == entity, snapshots.c.key.in_(chunk))):
+                    found[key] = json.loads(payload).get(field)
+        return found
 
     def iter_entity(self, entity: str, *, updated_after: datetime | None = None) -> Iterator[Snapshot]:
         query = sa.select(snapshots).where(snapshots.c.entity == entity)

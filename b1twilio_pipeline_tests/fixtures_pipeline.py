@@ -93,6 +93,9 @@ recipients:
     - {name: Kim, phone: "+15005550105"}
   night_shift:
     - {name: Max, phone: "+15005550106"}
+  on_call:
+    - {name: Ada, phone: "+15005550107"}
+    - {name: Bo, phone: "+15005550108"}
 rules:
   - id: ap-new-supplier-invoice
     kind: purchase_invoice_received
@@ -125,6 +128,13 @@ rules:
     recipients: [night_shift]
     quiet_hours: {start: "00:00", end: "23:59"}
     template: "Invoice {DocNum} to {CardName}: {DocTotal:,.2f}"
+  - id: big-payment
+    kind: payment_received
+    channel: voice
+    min_amount: 1000
+    escalation: {next_recipient: true}
+    recipients: [on_call]
+    template: "{CardName} paid {amount:,.2f} {DocCurrency} for invoices {invoices}"
 """
 
 

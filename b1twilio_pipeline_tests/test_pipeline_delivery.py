@@ -3,6 +3,7 @@ SMS to a voice call, and quiet hours holding SMS."""
 
 import socket
 from collections.abc import Iterator
+from urllib.parse import parse_qs
 
 import dagster as dg
 import pytest
@@ -107,3 +108,24 @@ def test_quiet_hours_hold_sms_until_they_end(pipeline: Pipeline) -> None:
             if n.rule_id == "new-customer-invoice-quiet"]
     assert night_shift == []
     assert len(held) == 1 and held[0].not_before > utcnow()
+
+
+def test_unanswered_call_goes_to_the_next_person_on_call(pipeline: Pipeline) -> None:
+    first, second = "+15005550107", "+15005550108"
+    pipeline.twilio.set_rules({first: {"call": "no-answer"}})
+    invoice = pipeline.sap.add_document("Invoices", {
+        "CardCode": "C20000", "CardName": "Northwind Traders",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 10, "Price": 150}]})
+    pipeline.sap.add_document("IncomingPayments", {
+        "CardCode": "C20000", "PaymentInvoices": [{"DocEntry": invoice["DocEntry"], "SumApplied": 1500}]})
+    pipeline.flow()
+    assert [c["to"] for c in pipeline.twilio.calls()] == [first]  # the chain starts with its head
+
+    pipeline.twilio.advance()
+    pipeline.deliveries()
+    pipeline.notify()
+
+    assert [c["to"] for c in pipeline.twilio.calls()] == [first, second]
+    twiml = [parse_qs(r.body.decode())["Twiml"][0] for r in pipeline.twilio.api_requests()
+             if r.path.endswith("/Calls.json")]
+    assert f"for invoices {invoice['DocNum']}" in twiml[1] and "1,500.00" in twiml[1]

@@ -61,6 +61,10 @@ def test_rerun_backfill_restart_and_update_send_nothing_more(pipeline: Pipeline)
     assert len(_sms_to(pipeline, AP_PHONES)) == 2
 
     pipeline.flow()  # the same window polled again
+    partitions = pipeline.defs.resolve_job_def("snapshot_job").partitions_def
+    window = partitions.get_partition_key_for_timestamp(pipeline.sap.clock.now().timestamp())
+    pipeline.run_job("snapshot_job", tags={"dagster/asset_partition_range_start": window,
+                                           "dagster/asset_partition_range_end": window})  # a backfill over it
     pipeline.cursors.pop("notification_sensor")  # the sensor restarts from scratch
     pipeline.evaluate()
     for run in pipeline.notify():  # whatever it asks for again is refused by the ledger
