@@ -172,7 +172,7 @@ def _result(measured: dict[str, Any], window: Any, sensors: dict[str, int], b1_l
     window_s = (window.end - window.start).total_seconds()
     sensor_avg = sum(sensors.values()) / 2
     sensor_max = float(sum(sensors.values()))
-    pipeline = measured["to_twilio_s"]
+    pipeline = measured["total_s"]  # until the notification run ended: SMS accepted and its SID recorded
     rows = [
         Row("wait until a poll reads the change, this run (computed, not slept)", seconds(base_wait),
             seconds(opt_wait), f"{seconds(base_wait - opt_wait)} sooner"),
@@ -182,7 +182,7 @@ def _result(measured: dict[str, Any], window: Any, sensors: dict[str, int], b1_l
             ratio(window_s, POLL_INTERVAL_S)),
         Row("sensor pickup: alert + notification sensor intervals, expected / worst (computed)",
             f"{sensor_avg:g} s / {sensor_max:g} s", f"{sensor_avg:g} s / {sensor_max:g} s", "1.00x"),
-        Row("pipeline time, B1 change -> SMS request at Twilio (measured in-process)", seconds(pipeline),
+        Row("pipeline time, B1 change -> SMS accepted, SID recorded (measured in-process)", seconds(pipeline),
             seconds(pipeline), "1.00x"),
         Row("end-to-end latency, expected = wait + sensors + pipeline", seconds(window_s / 2 + sensor_avg + pipeline),
             seconds(POLL_INTERVAL_S / 2 + sensor_avg + pipeline),
@@ -199,7 +199,8 @@ def _result(measured: dict[str, Any], window: Any, sensors: dict[str, int], b1_l
         f"Measured in-process (B1 {b1_latency_s * 1000:g} ms and Twilio {twilio_latency_s * 1000:g} ms latency per "
         f"request, SQLite store, temporary Dagster instance, after one warm-up turn): snapshot job "
         f"{seconds(measured['poll_s'])}, alerts job {seconds(measured['evaluate_s'])}, sensor tick + notification "
-        f"run {seconds(measured['notify_s'])}; the SMS request reached Twilio {seconds(pipeline)} after the change.",
+        f"run {seconds(measured['notify_s'])}; the SMS request reached Twilio {seconds(measured['to_twilio_s'])} "
+        "after the change. The baseline would run the same jobs, so the same time is counted for both.",
         "Sensor intervals are the minimum intervals of `alert_evaluation_sensor` and `notification_sensor` "
         f"({sensors['alert_evaluation_sensor']} s, {sensors['notification_sensor']} s); under `dagster-daemon` "
         "each run also pays its launch overhead (a new process per run), the same for both.",

@@ -129,7 +129,8 @@ def run(notifications: int = DEFAULT_NOTIFICATIONS, latency_s: float = DEFAULT_L
         "requests (429 / 20429 beyond it), running in its own process (port 0); official `twilio` client through "
         "`TwilioResource` with its default backoff.",
         f"Optimized: `TwilioResource.send_many` with max_concurrency={limit}. Baseline: `send_sms` in a loop, "
-        "one message at a time.",
+        "one message at a time. A 429 can only come from a race between the simulator freeing a slot and the "
+        "next request arriving: the client's semaphore holds the same limit.",
         f"Ideal speed-up is the concurrency limit ({limit}x) when latency dominates; the rest is the client's "
         "own CPU time per request (official client, one process).",
     ]
