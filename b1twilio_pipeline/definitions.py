@@ -10,6 +10,7 @@ import dagster as dg
 
 from b1twilio_pipeline.assets.alerts import ALERT_KINDS, build_alert_asset, notification_plan
 from b1twilio_pipeline.assets.deliveries import b1_audit_records, notification_deliveries, sent_notifications
+from b1twilio_pipeline.assets.receivables import overdue_receivables
 from b1twilio_pipeline.assets.snapshots import ENTITIES, STATE_ASSETS, build_snapshot_asset
 from b1twilio_pipeline.automation import (
     alert_evaluation_sensor,
@@ -45,6 +46,7 @@ def build_definitions(rules_path: str | None = None,
             *STATE_ASSETS,
             *(build_alert_asset(kind, rules_markdown) for kind in ALERT_KINDS),
             notification_plan,
+            overdue_receivables,
             sent_notifications,
             notification_deliveries,
             b1_audit_records,

@@ -115,3 +115,20 @@ def test_stock_levels_per_warehouse_or_per_item() -> None:
     assert [(s.warehouse, s.below) for s in per_item] == [("all", True)]
     no_reorder_point = snap({"ItemCode": "A2", "ItemName": "Nut", "QuantityOnStock": 0, "MinInventory": 0})
     assert [s.below for s in alert_rules.stock_levels(rule("stock-item"), [no_reorder_point])] == [False]
+
+
+def test_aging_summary_buckets_open_amounts_per_customer() -> None:
+    from b1twilio_pipeline.assets.receivables import aging_frame, aging_summary
+
+    invoices = [
+        snap(doc(DocEntry=1, CardName="Acme", DocDueDate="2026-11-10", DocTotal=100.0)),  # 15 days
+        snap(doc(DocEntry=2, CardName="Acme", DocDueDate="2026-08-01", DocTotal=300.0, PaidToDate=50.0)),
+        snap(doc(DocEntry=3, CardName="Zeta", DocDueDate="2026-10-01", DocTotal=40.0)),  # 55 days
+        snap(doc(DocEntry=4, CardName="Paid", DocDueDate="2026-10-01", DocTotal=40.0, PaidToDate=40.0)),
+        snap(doc(DocEntry=5, CardName="NotDue", DocDueDate="2026-12-01")),
+    ]
+    summary = aging_summary(aging_frame(invoices, TODAY)).set_index("customer")
+    assert list(summary.index) == ["Acme", "Zeta"]
+    assert summary.loc["Acme", "1-30 days"] == 100.0 and summary.loc["Acme", "over 90 days"] == 250.0
+    assert summary.loc["Acme", "total"] == 350.0 and summary.loc["Zeta", "31-60 days"] == 40.0
+    assert aging_summary(aging_frame([], TODAY)).empty

@@ -16,6 +16,7 @@ import dagster as dg
 from b1twilio_pipeline import audit
 from b1twilio_pipeline.assets.alerts import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.delivery_status import StatusEvent, is_exception, is_final
+from b1twilio_pipeline.markdown import markdown_table
 from b1twilio_pipeline.notify import NOTIFICATIONS_KEY, TAG_PREFIX
 from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource
@@ -99,13 +100,6 @@ def _event_rows(ledger: Ledger, events: Sequence[DeliveryEvent]) -> list[dict[st
     return rows
 
 
-def _markdown(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "No new delivery statuses."
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    return header + "\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows[:200])
-
-
 @dg.asset(
     key=DELIVERIES_KEY,
     deps=[NOTIFICATIONS_KEY],
@@ -133,11 +127,11 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
         metadata={
             "statuses_reported": len(events), "final_statuses": final, "changed_by_polling": polled,
             "delivery_exceptions": len(exceptions), "escalations_planned": escalations,
-            "statuses": dg.MetadataValue.md(_markdown(rows)),
+            "statuses": dg.MetadataValue.md(markdown_table(rows, empty="No new delivery statuses.")),
         },
         check_results=[dg.AssetCheckResult(
             check_name=EXCEPTION_CHECK, passed=not exceptions, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"exceptions": dg.MetadataValue.md(_markdown(exceptions))},
+            metadata={"exceptions": dg.MetadataValue.md(markdown_table(exceptions, empty="None."))},
         )],
     )
 
