@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -329,40 +329,10 @@ class AlertStore:
         return conn.execute(stmt).rowcount or 0
 
 
-@dataclass(frozen=True)
-class Notification:
-    seq: int
-    notification_id: str
-    alert_id: str
-    rule_id: str
-    document: str
-    recipient: str
-    recipient_name: str
-    recipient_masked: str
-    channel: str
-    body: str
-    status: str
-    sid: str | None
-    error_code: int | None
-    not_before: datetime
-    created_at: datetime
-    attempt_started_at: datetime | None
-    escalation_of: str | None
-    escalated: bool
-    run_id: str | None
-
-
-def _notification(row: Any) -> Notification:
-    return Notification(
-        row.seq, row.notification_id, row.alert_id, row.rule_id, row.document, row.recipient,
-        row.recipient_name, row.recipient_masked, row.channel, row.body, row.status, row.sid, row.error_code,
-        _aware(row.not_before), _aware(row.created_at), _aware(row.attempt_started_at),
-        row.escalation_of, bool(row.escalated), row.run_id,
-    )
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlannedNotification:
+    """What to send, to whom and not before when: a ledger row before anything is sent."""
+
     notification_id: str
     alert_id: str
     rule_id: str
@@ -374,6 +344,29 @@ class PlannedNotification:
     body: str
     not_before: datetime
     escalation_of: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notification(PlannedNotification):
+    """A ledger row as stored, with its sending state."""
+
+    seq: int
+    status: str
+    sid: str | None
+    error_code: int | None
+    created_at: datetime
+    attempt_started_at: datetime | None
+    escalated: bool
+    run_id: str | None
+
+
+_TIMESTAMPS = ("not_before", "created_at", "attempt_started_at")
+
+
+def _notification(row: Any) -> Notification:
+    values = {f.name: getattr(row, f.name) for f in fields(Notification)}
+    values.update({name: _aware(values[name]) for name in _TIMESTAMPS}, escalated=bool(row.escalated))
+    return Notification(**values)
 
 
 @dataclass(frozen=True)
@@ -404,11 +397,7 @@ class Ledger:
         with self.engine.begin() as conn:
             for p in planned:
                 stmt = _insert(conn, notifications).values(
-                    notification_id=p.notification_id, alert_id=p.alert_id, rule_id=p.rule_id,
-                    document=p.document, recipient=p.recipient, recipient_name=p.recipient_name,
-                    recipient_masked=p.recipient_masked,
-                    channel=p.channel, body=p.body, status=PLANNED, not_before=p.not_before,
-                    created_at=now, escalation_of=p.escalation_of, escalated=False,
+                    **asdict(p), status=PLANNED, created_at=now, escalated=False,
                 ).on_conflict_do_nothing(index_elements=[notifications.c.notification_id])
                 new += conn.execute(stmt).rowcount or 0
             if alert_store is not None and alert_id is not None:
