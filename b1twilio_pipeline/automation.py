@@ -56,14 +56,20 @@ CLOSING_READ = "closing-read"
 
 def poll_requests(partitions_def: dg.TimeWindowPartitionsDefinition, now: datetime,
                   instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    """The still-open window on every tick (low latency); the window that just closed once more, so a
-    change stamped in its last minute is not missed. A schedule only dedupes run keys within one tick,
-    so the closing read is asked for only while no run carries its run key yet."""
+    """The still-open window on every tick (low latency), unless its previous poll is still running; the
+    window that just closed once more, so a change stamped in its last minute is not missed. A schedule
+    only dedupes run keys within one tick, so the closing read is asked for only while no run carries
+    its run key yet."""
     open_key = partitions_def.get_partition_key_for_timestamp(now.timestamp())
     open_start = partitions_def.time_window_for_partition_key(open_key).start
     closed_key = partitions_def.get_partition_key_for_timestamp((open_start - timedelta(seconds=1)).timestamp())
-    requests = [dg.RunRequest(partition_key=open_key, run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
-                              tags={"b1twilio/poll": "open-window"})]
+    requests = []
+    if not instance.get_runs_count(dg.RunsFilter(
+            statuses=UNFINISHED, updated_after=now - STALE_RUN,
+            tags={"dagster/partition": open_key, "b1twilio/poll": "open-window"})):
+        requests.append(dg.RunRequest(partition_key=open_key,
+                                      run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
+                                      tags={"b1twilio/poll": "open-window"}))
     closing_key = f"{closed_key}:{CLOSING_READ}"
     if not instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": closing_key})):
         requests.insert(0, dg.RunRequest(partition_key=closed_key, run_key=closing_key,
@@ -79,10 +85,23 @@ def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowP
         description="Re-reads the open polling window every tick (low latency) and the just-closed window "
                     "once more (nothing on the edge is missed).",
     )
-    def snapshot_poll_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        return poll_requests(partitions_def, context.scheduled_execution_time, context.instance)
+    def snapshot_poll_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+        requests = poll_requests(partitions_def, context.scheduled_execution_time, context.instance)
+        return requests or dg.SkipReason("the open window's previous poll is still running")
 
     return snapshot_poll_schedule
+
+
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+# A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
+STALE_RUN = timedelta(minutes=10)
+
+
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> int:
+    """Unfinished runs of a job that were updated lately: launching another would only pile up."""
+    return instance.get_runs_count(dg.RunsFilter(
+        job_name=job_name, statuses=UNFINISHED, updated_after=datetime.now(UTC) - STALE_RUN))
 
 
 def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
@@ -128,6 +147,8 @@ def alert_evaluation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     calendar_due = now - cursor.get("evaluated_at", 0) >= 15 * 60
     if latest <= cursor.get("storage_id", 0) and not calendar_due:
         return dg.SkipReason("no new snapshot since the last evaluation")
+    if runs_in_flight(context.instance, alerts_job.name):
+        return dg.SkipReason("an evaluation is in progress; the next tick picks up what it missed")
     run_key = f"evaluate:{latest}" if latest > cursor.get("storage_id", 0) else f"evaluate:clock:{int(now)}"
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key)],
                            cursor=_Cursor.dump({"storage_id": latest, "evaluated_at": now}))
@@ -162,10 +183,7 @@ def delivery_status_sensor(context: dg.SensorEvaluationContext,
     work = store.ledger().pending_work()
     if not any(work[k] for k in ("open", "unreported", "unaudited")):
         return dg.SkipReason("no message or call waiting for a status")
-    in_flight = context.instance.get_runs_count(dg.RunsFilter(
-        job_name=delivery_job.name,
-        statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
-    if in_flight:
+    if runs_in_flight(context.instance, delivery_job.name):
         return dg.SkipReason("a delivery run is in progress")
     bucket = int(datetime.now(UTC).timestamp() // 30)
     return dg.SensorResult(run_requests=[dg.RunRequest(

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from b1twilio_pipeline import secrets_store
+from b1twilio_pipeline import demo, secrets_store
 from b1twilio_pipeline.masking import mask_phone, mask_secret
 from b1twilio_pipeline.settings import ConfigurationError
 
@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"
     ).set_defaults(handler=_delegate("setup-b1-audit-table"))
-    commands.add_parser(
-        "demo", help="start the simulators and the Dagster UI with demo data"
-    ).set_defaults(handler=_delegate("demo"))
+    demo_parser = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=_delegate("demo"))
     return parser
 
 

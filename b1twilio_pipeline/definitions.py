@@ -41,6 +41,9 @@ def build_definitions(rules_path: str | None = None,
     snapshot_job = build_snapshot_job(partitions_def)
     rules_markdown = rules.describe()
     return dg.Definitions(
+        # Steps are small and wait on HTTP: one process per run, not per step (a fresh Python per step
+        # costs seconds of CPU each). Scale-out comes from the run launcher, not the executor.
+        executor=dg.in_process_executor,
         assets=[
             *(build_snapshot_asset(spec, partitions_def) for spec in ENTITIES),
             *STATE_ASSETS,

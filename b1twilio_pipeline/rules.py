@@ -15,7 +15,6 @@ fields as a dict to `Rule.render`.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -209,11 +208,19 @@ class Recipient:
 
     @property
     def key(self) -> str:
-        """Stable identifier for dedup/run keys that never contains the number itself."""
+        """Stable identifier for notification ids, run keys and tags. It is derived from the reference or
+        the person's place in the file, never from the number: a hash of a phone number is reversible by
+        trying every number."""
         if self.phone_ref:
             return f"ref:{self.phone_ref.lower()}"
-        digest = hashlib.sha256((self.phone or "").encode()).hexdigest()[:16]
-        return f"tel:{digest}"
+        return f"person:{self.group}/{self.name}"
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """Who this is for de-duplication (the same number in two groups is one person). Never shown."""
+        if self.phone_ref:
+            return ("ref", self.phone_ref.lower())
+        return ("tel", self.phone or "")
 
     @property
     def masked(self) -> str:
@@ -364,12 +371,12 @@ class RulesConfig:
 
     def recipients_for(self, rule: Rule) -> list[Recipient]:
         """Everyone the rule names, groups expanded, de-duplicated by number or reference, order kept."""
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         result: list[Recipient] = []
         for name in rule.recipients:
             for person in self._expand(name):
-                if person.key not in seen:
-                    seen.add(person.key)
+                if person.identity not in seen:
+                    seen.add(person.identity)
                     result.append(person)
         return result
 
@@ -632,10 +639,10 @@ class _Parser:
             raise self.fail(
                 where, "recipients", "must be a non-empty list of group or person names, e.g. [ap_team]"
             )
-        people: dict[str, set[str]] = {}
+        people: dict[str, set[tuple[str, str]]] = {}
         for group in groups.values():
             for person in group:
-                people.setdefault(person.name, set()).add(person.key)
+                people.setdefault(person.name, set()).add(person.identity)
         for name in value:
             if name in groups:
                 continue

@@ -40,6 +40,17 @@ def test_poll_reads_the_open_window_every_tick_and_the_closed_one_once(instance:
     assert later[0].run_key != first[1].run_key
 
 
+def test_poll_does_not_pile_up_behind_a_running_poll(instance: dg.DagsterInstance) -> None:
+    partitions = _partitions()
+    now = datetime.now(UTC)
+    open_key = partitions.get_partition_key_for_timestamp(now.timestamp())
+    running = instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=None, tags={
+        "dagster/partition": open_key, "b1twilio/poll": "open-window"}, status=dg.DagsterRunStatus.STARTED)
+    assert open_key not in [r.partition_key for r in poll_requests(partitions, now, instance)]
+    instance.report_run_canceled(running)
+    assert open_key in [r.partition_key for r in poll_requests(partitions, now, instance)]
+
+
 def test_window_size_and_cadence_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "5")
     partitions = _partitions()
@@ -74,6 +85,10 @@ def test_alert_evaluation_follows_new_snapshots(instance: dg.DagsterInstance) ->
     instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["b1", "purchase_invoices"])))
     after = _tick(defs, "alert_evaluation_sensor", instance, cursor=first.cursor)
     assert isinstance(after, dg.SensorResult) and after.run_requests[0].run_key.startswith("evaluate:")
+    instance.create_run_for_job(dg.GraphDefinition("alerts_job").to_job(), run_id=None,
+                                status=dg.DagsterRunStatus.STARTED)
+    busy = _tick(defs, "alert_evaluation_sensor", instance, cursor=first.cursor)
+    assert isinstance(busy, dg.SkipReason)  # no pile-up behind a running evaluation
 
 
 def test_delivery_sensor_sleeps_while_nothing_waits_for_a_status(instance: dg.DagsterInstance,
