@@ -25,11 +25,10 @@ from b1twilio_pipeline import demo, secrets_store
 from b1twilio_pipeline.masking import mask_phone, mask_secret
 from b1twilio_pipeline.settings import ConfigurationError
 
-# command -> (module, function); imported only when run, so the CLI works before those modules exist.
-# The function receives the parsed argparse.Namespace; arguments the CLI does not know are in `args.extra`.
+# command -> (module, function), imported only when run: the audit setup pulls in Dagster, which the
+# secrets commands should not wait for. The function receives the parsed argparse.Namespace.
 DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.audit", "setup_audit_table_command"),
-    "demo": ("b1twilio_pipeline.demo", "main"),
 }
 
 _NO_KEY = (
@@ -42,13 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     parser = build_parser()
     try:
-        args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # usage errors and --help: argparse already printed
         return int(exc.code or 0)
-    if extra and args.command not in DELEGATED:
-        print(f"error: unrecognized arguments: {' '.join(extra)} (see `b1twilio --help`)", file=sys.stderr)
-        return 2
-    args.extra = extra
     try:
         return int(args.handler(args) or 0)
     except ConfigurationError as exc:
@@ -94,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_delegate("setup-b1-audit-table"))
     demo_parser = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
     demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(handler=_delegate("demo"))
+    demo_parser.set_defaults(handler=demo.main)
     return parser
 
 
@@ -245,12 +240,7 @@ def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
     module_name, function_name = DELEGATED[command]
 
     def run(args: argparse.Namespace) -> int:
-        try:
-            module = importlib.import_module(module_name)
-            function = getattr(module, function_name)
-        except (ImportError, AttributeError) as exc:
-            print(f"b1twilio {command}: not available yet ({_one_line(str(exc))})", file=sys.stderr)
-            return 1
+        function = getattr(importlib.import_module(module_name), function_name)
         return int(function(args) or 0)
 
     return run

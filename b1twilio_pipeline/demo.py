@@ -100,7 +100,7 @@ class DemoOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options; cli.py may add them to its `demo` subcommand so `b1twilio demo --help` lists them."""
+    """The demo's options, declared on cli.py's `demo` subcommand."""
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the Dagster UI (default 3000)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="folder for the demo's Dagster instance, store and logs (default .demo)")
@@ -111,12 +111,6 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
     if not 0 < args.port < 65536:
         raise DemoError(f"--port {args.port} is not a TCP port: choose one between 1 and 65535")
     return DemoOptions(port=args.port, data_dir=Path(args.data_dir).expanduser().resolve(), fresh=args.fresh)
-
-
-def parse_options(extra: list[str]) -> DemoOptions:
-    parser = argparse.ArgumentParser(prog="b1twilio demo", description="Start the quick-start demo.")
-    add_arguments(parser)
-    return options_from(parser.parse_args(extra))
 
 
 @dataclass(frozen=True)
@@ -493,11 +487,5 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `b1twilio demo` (cli.py passes the options it does not know in `args.extra`)."""
-    try:
-        # Either cli.py declared the options itself (add_arguments), or they arrive unparsed in `extra`.
-        extra = list(getattr(args, "extra", None) or [])
-        options = options_from(args) if hasattr(args, "port") else parse_options(extra)
-    except SystemExit as exc:  # --help or a usage error: argparse already printed
-        return int(exc.code or 0)
-    return run_demo(options)
+    """Entry point of `b1twilio demo` (cli.py declares the options with `add_arguments`)."""
+    return run_demo(options_from(args))
