@@ -416,10 +416,6 @@ class Ledger:
         with self.engine.connect() as conn:
             return [_notification(r) for r in conn.execute(query)]
 
-    def max_seq(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.scalar(sa.select(sa.func.max(notifications.c.seq))) or 0
-
     def get(self, notification_id: str) -> Notification | None:
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -530,7 +526,8 @@ class Ledger:
                 conn.execute(sa.update(delivery_events).where(delivery_events.c.seq.in_(chunk)).values(**values))
 
     def needs_escalation(self, limit: int = 200) -> list[Notification]:
-        """Notifications that ended in a delivery exception and were not escalated yet."""
+        """Notifications that reached a final status and whose escalation was not decided yet
+        (`mark_escalated` records the decision, whether or not anything was escalated)."""
         c = notifications.c
         query = (sa.select(notifications).where(c.final_at.is_not(None), c.escalated.is_(False))
                  .order_by(c.seq).limit(limit))

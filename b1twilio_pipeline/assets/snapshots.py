@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -35,16 +36,10 @@ class EntitySpec:
     def window_filter(self, start: datetime, end: datetime, b1_timezone: str) -> str:
         if self.by_doc_date:
             # DocDate is a date: re-read the day before too, the upsert drops what is unchanged.
-            tz = _zone(b1_timezone)
+            tz = ZoneInfo(b1_timezone)
             first = (start.astimezone(tz) - timedelta(days=1)).date()
             return b1_filters.date_window_filter("DocDate", first, end.astimezone(tz).date())
         return b1_filters.update_window_filter(start, end, b1_timezone=b1_timezone)
-
-
-def _zone(name: str) -> Any:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(name)
 
 
 ENTITIES: tuple[EntitySpec, ...] = (
