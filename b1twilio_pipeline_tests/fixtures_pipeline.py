@@ -49,14 +49,14 @@ def postgres() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _create_database(admin: sa.Engine, purpose: str) -> tuple[str, str]:
+def create_database(admin: sa.Engine, purpose: str) -> tuple[str, str]:
     name = f"b1tw_{purpose}_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     return name, f"{POSTGRES}/{name}"
 
 
-def _drop_database(admin: sa.Engine, name: str) -> None:
+def drop_database(admin: sa.Engine, name: str) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -64,19 +64,19 @@ def _drop_database(admin: sa.Engine, name: str) -> None:
 @pytest.fixture
 def pg_store_url(postgres: sa.Engine) -> Iterator[str]:
     """A fresh PostgreSQL database for the snapshot store and ledger of one test."""
-    name, url = _create_database(postgres, "store")
+    name, url = create_database(postgres, "store")
     yield url
     dispose_engine(url)
-    _drop_database(postgres, name)
+    drop_database(postgres, name)
 
 
 @pytest.fixture(scope="session")
 def pg_instance(postgres: sa.Engine) -> Iterator[dg.DagsterInstance]:
     """A Dagster instance whose run, event-log and schedule storage is PostgreSQL (dagster-postgres)."""
-    name, url = _create_database(postgres, "dagster")
+    name, url = create_database(postgres, "dagster")
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
         yield instance
-    _drop_database(postgres, name)
+    drop_database(postgres, name)
 
 
 TEST_RULES = """
