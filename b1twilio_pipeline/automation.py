@@ -6,7 +6,6 @@ log or our own database and launch runs; the runs do the slow work. Everything d
 can be switched off in the UI.
 """
 
-
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -51,6 +50,18 @@ def build_snapshot_job(partitions_def: dg.PartitionsDefinition) -> "UnresolvedAs
         description="Poll B1 for what changed in a window; backfill a missed window from the UI or CLI.")
 
 
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+# A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
+STALE_RUN = timedelta(minutes=10)
+
+
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> int:
+    """Unfinished runs of a job that were updated lately: launching another would only pile up."""
+    return instance.get_runs_count(dg.RunsFilter(
+        job_name=job_name, statuses=UNFINISHED, updated_after=datetime.now(UTC) - STALE_RUN))
+
+
 CLOSING_READ = "closing-read"
 
 
@@ -90,18 +101,6 @@ def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowP
         return requests or dg.SkipReason("the open window's previous poll is still running")
 
     return snapshot_poll_schedule
-
-
-UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED]
-# A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
-STALE_RUN = timedelta(minutes=10)
-
-
-def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> int:
-    """Unfinished runs of a job that were updated lately: launching another would only pile up."""
-    return instance.get_runs_count(dg.RunsFilter(
-        job_name=job_name, statuses=UNFINISHED, updated_after=datetime.now(UTC) - STALE_RUN))
 
 
 def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:

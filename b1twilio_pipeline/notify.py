@@ -7,7 +7,6 @@ crash or retry between the two) first asks Twilio whether a message to that reci
 the attempt started, and adopts its SID instead of sending again.
 """
 
-
 from datetime import timedelta
 from typing import Any
 

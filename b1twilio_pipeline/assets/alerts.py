@@ -6,7 +6,6 @@ turns each new alert into one ledger row per recipient, with the quiet-hours hol
 notification sensor launches a run for each row when it is due.
 """
 
-
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any

@@ -7,7 +7,6 @@ its latest status, raises delivery exceptions as a failed asset check, and plans
 `b1_audit_records` writes each final status and read receipt to the B1 audit table, once.
 """
 
-
 from collections.abc import Sequence
 from typing import Any
 

@@ -6,7 +6,6 @@ re-read, a backfill) is idempotent. Two unpartitioned assets refresh *state* (ev
 stocked item) because overdue and stock rules must see records that have not changed for years.
 """
 
-
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
