@@ -25,7 +25,7 @@ from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.rules import Recipient, Rule
 from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.store import AlertStore, PlannedNotification, SnapshotStore, utcnow
+from b1twilio_pipeline.store import AlertStore, PlannedNotification, Snapshot, SnapshotStore, utcnow
 
 ALERTS_GROUP = "alerts"
 NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
@@ -42,7 +42,7 @@ def _since(rule: Rule, config: AlertConfig) -> date:
     return datetime.now(rule.tz).date() - timedelta(days=config.new_document_max_age_days)
 
 
-def _recent(store: SnapshotStore, entity: str, config: AlertConfig) -> list[Any]:
+def _recent(store: SnapshotStore, entity: str, config: AlertConfig) -> list[Snapshot]:
     """Snapshots stored lately: new documents were stored lately, however old their window."""
     return list(store.iter_entity(entity, updated_after=utcnow() - timedelta(
         days=config.new_document_max_age_days + 1)))
