@@ -53,15 +53,15 @@ def _poll(twilio: TwilioResource, ledger: Ledger, log: Any) -> int:
     return changed
 
 
-def _tag_runs(instance: dg.DagsterInstance, ledger: Ledger, events: Sequence[DeliveryEvent]) -> None:
+def _notifications_of(ledger: Ledger, events: Sequence[DeliveryEvent]) -> dict[str, Notification | None]:
+    """The notification behind each event's SID, read once per SID."""
+    return {sid: ledger.by_sid(sid) for sid in dict.fromkeys(event.sid for event in events)}
+
+
+def _tag_runs(instance: dg.DagsterInstance, notifications: dict[str, Notification | None]) -> None:
     """Put each notification's latest status on its own run, so the run list answers 'did it arrive'."""
-    latest: dict[str, Notification] = {}
-    for event in events:
-        n = ledger.by_sid(event.sid)
-        if n is not None:
-            latest[event.sid] = n
-    for n in latest.values():
-        if n.run_id and instance.get_run_by_id(n.run_id) is not None:
+    for n in notifications.values():
+        if n is not None and n.run_id and instance.get_run_by_id(n.run_id) is not None:
             instance.add_run_tags(n.run_id, {f"{TAG_PREFIX}/status": n.status})
 
 
@@ -86,10 +86,11 @@ def _escalate(config: RulesConfig, ledger: Ledger) -> int:
     return planned
 
 
-def _event_rows(ledger: Ledger, events: Sequence[DeliveryEvent]) -> list[dict[str, Any]]:
+def _event_rows(events: Sequence[DeliveryEvent],
+                notifications: dict[str, Notification | None]) -> list[dict[str, Any]]:
     rows = []
     for event in events:
-        n = ledger.by_sid(event.sid)
+        n = notifications[event.sid]
         rows.append({
             "sid": event.sid, "status": event.status, "source": event.source,
             "error_code": event.error_code or "", "rule": n.rule_id if n else "",
@@ -115,9 +116,10 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
     ledger = store.ledger()
     polled = _poll(twilio, ledger, context.log)
     events = ledger.unreported()
-    _tag_runs(context.instance, ledger, events)
+    notifications = _notifications_of(ledger, events)
+    _tag_runs(context.instance, notifications)
     escalations = _escalate(rules.load(), ledger)
-    rows = _event_rows(ledger, events)
+    rows = _event_rows(events, notifications)
     exceptions = [row for row, event in zip(rows, events, strict=True)
                   if is_exception(event.channel, event.status)]
     ledger.mark_reported(event.seq for event in events)

@@ -20,6 +20,8 @@ from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.store import UpsertCounts
 
 SNAPSHOT_GROUP = "b1_snapshots"
+# On top of the client's own backoff: a B1 outage longer than its retry budget gets two more tries.
+B1_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def build_snapshot_asset(spec: EntitySpec, partitions_def: dg.PartitionsDefiniti
         kinds={"sap", "sql"},
         description=f"Incremental snapshot of B1 `{spec.entity}` keyed by `{spec.key}`: each window "
                     "re-reads what changed in it, with a one-minute overlap, and upserts.",
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+        retry_policy=B1_RETRY,
     )
     def _snapshot(context: dg.AssetExecutionContext, sap: SapB1Resource,
                   store: StoreResource) -> dg.MaterializeResult:
@@ -123,7 +125,7 @@ def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, .
     kinds={"sap", "sql"},
     description="Full refresh of every open sales invoice (`DocumentStatus eq 'bost_Open'`): overdue is "
                 "a state, and an invoice becomes overdue with no change in B1.",
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    retry_policy=B1_RETRY,
 )
 def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
                         store: StoreResource) -> dg.MaterializeResult:
@@ -154,7 +156,7 @@ def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
     kinds={"sap", "sql"},
     description="Full refresh of stock levels of every inventory item: stock moves do not always touch "
                 "the item's UpdateDate, and reorder alerts are about the current level.",
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    retry_policy=B1_RETRY,
 )
 def stock_levels_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
                        store: StoreResource) -> dg.MaterializeResult:
