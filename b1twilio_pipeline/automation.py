@@ -6,6 +6,7 @@ log or our own database and launch runs; the runs do the slow work. Everything d
 can be switched off in the UI.
 """
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,14 +23,16 @@ from b1twilio_pipeline.assets.snapshots import (
     STOCK_LEVELS_KEY,
     snapshot_key,
 )
-from b1twilio_pipeline.notify import notification_tags, notify_job
+from b1twilio_pipeline.notify import TAG_PREFIX, notify_job
 from b1twilio_pipeline.polling import PollingSettings
 from b1twilio_pipeline.resources.store import StoreResource
+from b1twilio_pipeline.sql import utcnow
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
+MAX_BATCH = 1000  # notifications per notification run
 STATE_KEYS = (OPEN_INVOICES_KEY, STOCK_LEVELS_KEY)
 SNAPSHOT_KEYS = (*(snapshot_key(spec) for spec in ENTITIES), *STATE_KEYS)
 
@@ -153,37 +156,48 @@ def alert_evaluation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
                            cursor=_Cursor.dump({"storage_id": latest, "evaluated_at": now}))
 
 
+def _in_flight_notifications(instance: dg.DagsterInstance) -> set[str]:
+    """Notification ids carried by notification runs that are queued or running (and alive)."""
+    runs = instance.get_runs(dg.RunsFilter(job_name=notify_job.name, statuses=UNFINISHED,
+                                           updated_after=datetime.now(UTC) - STALE_RUN))
+    carried: set[str] = set()
+    for run in runs:
+        config = run.run_config.get("ops", {}).get("send_notifications", {}).get("config", {})
+        carried.update(item.get("notification_id", "") for item in config.get("notifications", []))
+    return carried
+
+
 @dg.sensor(job=notify_job, minimum_interval_seconds=10, default_status=RUNNING,
-           description="One run per due notification (alert x recipient x channel); the run key is the "
-                       "notification id, so Dagster itself refuses a duplicate.")
+           description="Launches one run for the notifications that are due: new ones, ones whose quiet "
+                       "hours or retry backoff ended, and ones a dead worker left behind. The ledger's "
+                       "compare-and-set claims make a duplicate run harmless.")
 def notification_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
-    cursor = _Cursor.load(context.cursor)
-    now = datetime.now(UTC)
-    released_after = datetime.fromtimestamp(cursor["tick"], UTC) if "tick" in cursor else None
-    ledger = store.ledger()
-    due = ledger.due(now, after_seq=int(cursor.get("seq", 0)), released_after=released_after)
-    new_cursor = _Cursor.dump({"seq": max([n.seq for n in due] + [int(cursor.get("seq", 0))]),
-                               "tick": now.timestamp()})
-    requests = [
-        dg.RunRequest(run_key=n.notification_id,
-                      run_config={"ops": {"send_notification": {"config": {
-                          "notification_id": n.notification_id}}}},
-                      tags={**notification_tags(n), "b1twilio/notification": n.notification_id[:250]})
-        for n in due
-    ]
-    return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+    now = utcnow()
+    carried = _in_flight_notifications(context.instance)
+    due = [n for n in store.ledger().due(now, limit=MAX_BATCH) if n.notification_id not in carried]
+    if not due:
+        return dg.SensorResult(skip_reason="no notification is due")
+    batch = [{"notification_id": n.notification_id, "attempts": n.attempts} for n in due]
+    digest = hashlib.sha256(json.dumps(batch, sort_keys=True).encode()).hexdigest()[:12]
+    return dg.SensorResult(run_requests=[dg.RunRequest(
+        run_key=f"notify:{now:%Y%m%dT%H%M%S}:{digest}",
+        run_config={"ops": {"send_notifications": {"config": {"notifications": batch}}}},
+        tags={f"{TAG_PREFIX}/notifications": str(len(batch))},
+    )])
 
 
 @dg.sensor(job=delivery_job, minimum_interval_seconds=15, default_status=RUNNING,
            description="Reconciles message and call status with Twilio while anything is not final, "
-                       "reports new statuses and writes receipts to B1.")
+                       "reports new statuses, decides escalations and writes receipts to B1.")
 def delivery_status_sensor(context: dg.SensorEvaluationContext,
-                       store: StoreResource) -> dg.SensorResult | dg.SkipReason:
-    work = store.ledger().pending_work()
-    if not any(work[k] for k in ("open", "unreported", "unaudited")):
+                           store: StoreResource) -> dg.SensorResult | dg.SkipReason:
+    work = store.ledger().pending_work(utcnow())
+    cursor = _Cursor.load(context.cursor)
+    changed = work["version"] != cursor.get("version", 0)
+    if not changed and not any(work[k] for k in ("poll_due", "unreported", "unaudited", "undecided")):
         return dg.SkipReason("no message or call waiting for a status")
     if runs_in_flight(context.instance, delivery_job.name):
         return dg.SkipReason("a delivery run is in progress")
-    bucket = int(datetime.now(UTC).timestamp() // 30)
-    return dg.SensorResult(run_requests=[dg.RunRequest(
-        run_key=f"deliveries:{work['max_event_seq']}:{bucket}")])
+    bucket = int(datetime.now(UTC).timestamp() // 15)
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"deliveries:{work['version']}:{bucket}")],
+                           cursor=_Cursor.dump({"version": work["version"]}))

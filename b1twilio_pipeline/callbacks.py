@@ -84,6 +84,20 @@ class MemoryStatusSink:
         return True
 
 
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds `limit` bytes: a chunked body without Content-Length is
+    counted while it streams in, never read whole into memory first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def public_request_url(public_url: str, raw_query: str) -> str:
     """The URL Twilio signed: the configured public URL with the query string this request carried."""
     if not raw_query:
@@ -163,11 +177,8 @@ def create_app(
     validator = RequestValidator(auth_token)
 
     async def status(request: Request) -> Response:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return PlainTextResponse("body too large", status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await read_limited(request, MAX_BODY_BYTES)
+        if body is None:
             return PlainTextResponse("body too large", status_code=413)
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
@@ -270,9 +281,10 @@ def start_background(
 
 def _sink_from_settings() -> StatusSink:
     """The notification ledger on B1TWILIO_DATABASE_URL (the same database the pipeline uses)."""
-    from b1twilio_pipeline.store import ledger_from_settings
+    from b1twilio_pipeline.database import engine_for
+    from b1twilio_pipeline.ledger import Ledger
 
-    return ledger_from_settings()
+    return Ledger(engine_for())
 
 
 def dagster_reporter() -> Callable[[StatusEvent], None] | None:

@@ -240,7 +240,8 @@ class Simulators:
 
 def start_simulators(creds: Credentials, database_url: str) -> Simulators:
     from b1twilio_pipeline.callbacks import STATUS_PATH, create_app, start_background
-    from b1twilio_pipeline.store import Ledger, create_store_engine
+    from b1twilio_pipeline.database import engine_for
+    from b1twilio_pipeline.ledger import Ledger
 
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
                          password=creds.password, timezone=COMPANY_TIMEZONE).start_background()
@@ -253,7 +254,7 @@ def start_simulators(creds: Credentials, database_url: str) -> Simulators:
         port = free_port()
         callback_url = f"http://{HOST}:{port}{STATUS_PATH}"
         app = create_app(auth_token=creds.auth_token, public_url=callback_url,
-                         sink=Ledger(create_store_engine(database_url)))
+                         sink=Ledger(engine_for(database_url)))
         _url, stop_callbacks = start_background(app, HOST, port)
     except BaseException:
         sims.stop()

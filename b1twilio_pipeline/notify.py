@@ -1,127 +1,221 @@
-"""The notification run: one run per notification (alert x recipient x channel), launched by the
-notification sensor under a run key equal to the notification id, so Dagster refuses a duplicate.
+"""The notification run: the notification sensor hands it the due notifications of one tick; it sends them
+with bounded concurrency (Twilio limits concurrent requests per account) and logs one materialization of
+`notifications/sent_notifications` per notification, so the asset's events are the audit trail.
 
-Exactly-once protocol with the ledger (SPEC section 4): the row exists before anything is sent; the run
-marks it `sending`, calls Twilio, then records the SID. A run that finds a row already `sending` (a
-crash or retry between the two) first asks Twilio whether a message to that recipient went out since
-the attempt started, and adopts its SID instead of sending again.
+Each notification goes through the ledger's state machine (see `ledger`): claim, send, record the SID.
+Nothing here retries by itself: a failure that may pass (an outage, a missing secret, a recipient
+removed from the rules) hands the row back with a backoff and a message saying what to fix; the sensor
+picks it up again, and after `B1TWILIO_SEND_MAX_ATTEMPTS` failures it is failed for good and the admins
+are told in the same transaction. An attempt that may have reached Twilio makes the next one look the
+message up before sending (`TwilioResource.deliver`).
 """
 
-from datetime import timedelta
-from typing import Any
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import dagster as dg
+from sqlalchemy.exc import IntegrityError
 
+from b1twilio_pipeline.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
 from b1twilio_pipeline.masking import mask_phones_in
 from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.resources.twilio import SentNotification, TwilioResource, TwilioSendError
-from b1twilio_pipeline.rules import RulesConfig
-from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.store import PLANNED, SENDING, Ledger, Notification
+from b1twilio_pipeline.resources.twilio import (
+    AmbiguousDelivery,
+    Outbound,
+    SentNotification,
+    TwilioResource,
+    TwilioSendError,
+)
+from b1twilio_pipeline.rules import Recipient, RulesConfig
+from b1twilio_pipeline.settings import ConfigurationError, setting
+from b1twilio_pipeline.sql import utcnow
 
 NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
 TAG_PREFIX = "b1twilio"
-# Twilio's clock and ours differ a little; look this far before the attempt started.
-CLOCK_SLACK = timedelta(minutes=2)
+ADMIN_RULE = "b1twilio-admin"  # rule id of the pipeline's own alerts to the admins group
+# Another worker is sending to the same person: a call lookup now could mistake its call for ours.
+BUSY_RETRY = timedelta(seconds=30)
 
 
-def notification_tags(n: Notification) -> dict[str, str]:
-    """Run tags: filter the run list by any of them to read the audit trail. The phone is masked."""
-    return {
-        f"{TAG_PREFIX}/rule": n.rule_id,
-        f"{TAG_PREFIX}/document": n.document,
-        f"{TAG_PREFIX}/recipient": f"{n.recipient_name} {n.recipient_masked}",
-        f"{TAG_PREFIX}/channel": n.channel,
-    }
+def admin_group() -> str:
+    """The recipients group told about notifications that failed for good (B1TWILIO_ADMIN_GROUP)."""
+    return setting("B1TWILIO_ADMIN_GROUP", "admins") or "admins"
 
 
-class NotifyConfig(dg.Config):
-    notification_id: str
+def outgoing_text(n: Notification) -> str:
+    """What the person receives: an SMS carries its reference, by which a lookup recognises it."""
+    return f"{n.body} (ref {n.ref})" if n.channel == "sms" and n.ref else n.body
 
 
-def _phone(config: RulesConfig, n: Notification) -> str:
-    for group in config.recipients.values():
-        for person in group:
-            if person.key == n.recipient:
-                return person.resolve_phone()
-    raise ConfigurationError(f"recipient {n.recipient_name!r} of rule {n.rule_id!r} is no longer in "
-                             f"{config.source.name}: add them back or let the alert lapse")
+@dataclass(frozen=True)
+class Outcome:
+    """What one notification's attempt came to: sent, adopted, held, retry, failed, review or skipped."""
+
+    result: str
+    n: Notification
+    sid: str | None = None
+    status: str | None = None
+    message: str = ""
 
 
-def _already_sent(twilio: TwilioResource, phone: str, n: Notification) -> SentNotification | None:
-    """After a crash between 'sending' and the SID: did Twilio get it anyway?"""
-    if n.attempt_started_at is None:
-        return None
-    for record in twilio.sent_since(phone, n.attempt_started_at - CLOCK_SLACK, n.channel):
-        if n.channel == "voice" or record.body == n.body:
-            return SentNotification(record.sid, record.status, n.channel)
-    return None
+class Sender:
+    """Processes one due notification at a time (thread-safe: all state is in the ledger)."""
+
+    def __init__(self, ledger: Ledger, twilio: TwilioResource, rules: RulesConfig, owner: str) -> None:
+        self.ledger, self.twilio, self.rules, self.owner = ledger, twilio, rules, owner
+
+    def process(self, notification_id: str, attempts: int) -> Outcome | None:
+        now = utcnow()
+        claimed = self.ledger.claim(notification_id, attempts, self.owner, now)
+        if claimed is None:
+            return None  # already taken by another worker, or no longer due
+        try:
+            return self._attempt(claimed, now)
+        except ConfigurationError as error:
+            return self._retry(claimed, None, str(error), may_have_sent=False)
+        except AmbiguousDelivery as error:
+            return self._give_up(claimed, None, f"needs review: {error}", status=REVIEW)
+        except TwilioSendError as error:
+            if error.permanent:
+                return self._give_up(claimed, error.code, str(error))
+            return self._retry(claimed, error.code, str(error), may_have_sent=error.may_have_sent)
+
+    def _attempt(self, n: Notification, now: datetime) -> Outcome:
+        person = self._person(n)
+        out = Outbound(n.channel, person.resolve_phone(), outgoing_text(n), n.ref if n.channel == "sms" else None)
+        lookup_since = n.lookup_since
+        if lookup_since is not None and n.channel == "voice" and self.ledger.sending_elsewhere(n, now):
+            return self._retry(n, None, "another call to the same person is in flight: looking up later",
+                               may_have_sent=True, retry_at=now + BUSY_RETRY, count=False)
+        hold = self._hold(n, person, now)
+        if hold is not None:
+            found = self.twilio.lookup(out, lookup_since, self._foreign(n)) if lookup_since else None
+            if found is None:
+                self.ledger.postpone(n, self.owner, hold)
+                return Outcome("held", n, message=f"quiet hours: held until {hold:%Y-%m-%d %H:%M %Z}")
+            return self._complete(n, found)
+        return self._complete(n, self.twilio.deliver(out, lookup_since=lookup_since, is_foreign=self._foreign(n)))
+
+    def _complete(self, n: Notification, sent: SentNotification) -> Outcome:
+        try:
+            recorded = self.ledger.complete(n.notification_id, self.owner, sent.sid, sent.status)
+        except IntegrityError:
+            return self._give_up(n, None, f"needs review: {sent.sid} is already recorded for another notification",
+                                 status=REVIEW)
+        if not recorded:
+            return Outcome("skipped", n, sent.sid, sent.status, "lost the lease before recording the SID")
+        return Outcome("adopted" if sent.adopted else "sent", n, sent.sid, sent.status)
+
+    def _foreign(self, n: Notification) -> Callable[[str], bool]:
+        return lambda sid: self.ledger.sid_owner(sid) not in (None, n.notification_id)
+
+    def _retry(self, n: Notification, code: int | None, message: str, *, may_have_sent: bool,
+               retry_at: datetime | None = None, count: bool = True) -> Outcome:
+        message = mask_phones_in(message)
+        if count and n.failures + 1 >= self.ledger.policy.max_attempts:
+            return self._give_up(n, code, f"gave up after {n.failures + 1} failed attempts: {message}")
+        due = self.ledger.release(n, self.owner, error_code=code, message=message, may_have_sent=may_have_sent,
+                                  retry_at=retry_at, count=count)
+        when = f"retrying at {due:%H:%M:%S} UTC" if due else "lost the lease"
+        return Outcome("retry", n, message=f"{message} ({when}, attempt {n.attempts})")
+
+    def _give_up(self, n: Notification, code: int | None, message: str, status: str = "failed") -> Outcome:
+        message = mask_phones_in(message)
+        self.ledger.fail(n, self.owner, error_code=code, message=message, status=status,
+                         admin_alerts=self.admin_alerts(n, message))
+        return Outcome(status, n, message=message)
+
+    def admin_alerts(self, n: Notification, reason: str) -> list[PlannedNotification]:
+        """One SMS per person of the admins group about a notification that will not go out by itself."""
+        if n.rule_id == ADMIN_RULE:
+            return []  # never alert about alerts to the admins: that could loop
+        text = (f"b1twilio: the {n.channel} to {n.recipient_name} about {n.document} (rule {n.rule_id}) "
+                f"did not go out: {reason}")[:600]
+        now = utcnow()
+        alert_id = bounded_id("admin", n.notification_id, limit=200)
+        return [PlannedNotification(
+            notification_id=bounded_id(alert_id, person.key, "sms"), alert_id=alert_id, rule_id=ADMIN_RULE,
+            document=n.document, recipient=person.key, recipient_name=person.name,
+            recipient_masked=person.masked, channel="sms", body=text, not_before=now,
+        ) for person in self.rules.recipients.get(admin_group(), [])]
+
+    def _person(self, n: Notification) -> Recipient:
+        person = self.rules.person(n.recipient)
+        if person is None:
+            raise ConfigurationError(f"recipient {n.recipient_name!r} of rule {n.rule_id!r} is no longer in "
+                                     f"{self.rules.source.name}: add them back (the notification then goes out)")
+        return person
+
+    def _hold(self, n: Notification, person: Recipient, now: datetime) -> datetime | None:
+        """Quiet hours are checked again when sending: a run that waited in the queue must not ring
+        inside them."""
+        rule = self.rules.find_rule(n.rule_id)
+        return None if rule is None else rule.hold_until(now, person.tz, n.channel)
 
 
-def _send(twilio: TwilioResource, phone: str, n: Notification) -> SentNotification:
-    if n.channel == "voice":
-        return twilio.place_call(phone, n.body)
-    return twilio.send_sms(phone, n.body)
-
-
-def _materialization(n: Notification, sid: str | None, status: str, **extra: Any) -> dg.AssetMaterialization:
+def _materialization(outcome: Outcome) -> dg.AssetMaterialization:
+    n = outcome.n
     return dg.AssetMaterialization(
         asset_key=NOTIFICATIONS_KEY,
         description=f"{n.channel} to {n.recipient_name} for {n.document}",
         metadata={
             "notification_id": n.notification_id, "rule": n.rule_id, "document": n.document,
             "recipient": n.recipient_name, "recipient_phone": n.recipient_masked, "channel": n.channel,
-            "twilio_sid": sid or "", "status": status, **extra,
+            "twilio_sid": outcome.sid or "", "status": outcome.status or outcome.result,
+            "attempt": n.attempts, "outcome": outcome.result, "error": outcome.message,
         },
     )
 
 
-@dg.op(
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-    description="Send one notification through Twilio, recorded in the ledger before and after.",
-)
-def send_notification(context: dg.OpExecutionContext, config: NotifyConfig, rules: RulesResource,
-                      twilio: TwilioResource, store: StoreResource) -> None:
-    ledger = store.ledger()
-    n = ledger.get(config.notification_id)
-    if n is None:
-        raise dg.Failure(f"notification {config.notification_id!r} is not in the ledger", allow_retries=False)
-    if n.sid or n.status not in (PLANNED, SENDING):
-        context.log.info(f"already handled ({n.status}, {n.sid or 'no SID'}): nothing sent")
-        return
-    phone = _phone(rules.load(), n)
-    sent = _already_sent(twilio, phone, n) if n.status == SENDING else None
-    if sent is not None:
-        context.log.warning(f"Twilio already has {sent.sid} from an interrupted attempt: adopted, not resent")
-    else:
-        sent = _send_recorded(context, ledger, twilio, phone, n)
-    ledger.mark_sent(n.notification_id, sent.sid, sent.status)
-    context.instance.add_run_tags(context.run_id, {f"{TAG_PREFIX}/sid": sent.sid,
-                                                   f"{TAG_PREFIX}/status": sent.status})
-    context.log_event(_materialization(n, sent.sid, sent.status))
-    context.log.info(f"{n.channel} {sent.sid} to {n.recipient_name} {n.recipient_masked}: {sent.status}")
+class DueNotification(dg.Config):
+    notification_id: str
+    attempts: int  # the claims it had when the sensor saw it: a claim succeeds only from this count
 
 
-def _send_recorded(context: dg.OpExecutionContext, ledger: Ledger, twilio: TwilioResource, phone: str,
-                   n: Notification) -> SentNotification:
-    ledger.mark_sending(n.notification_id, context.run_id)
-    try:
-        return _send(twilio, phone, n)
-    except TwilioSendError as error:
-        if not error.permanent:
-            raise  # transient after the resource's own backoff: the op retry policy tries again
-        message = mask_phones_in(str(error))
-        ledger.mark_failed(n.notification_id, "failed", error.code, message)
-        context.instance.add_run_tags(context.run_id, {f"{TAG_PREFIX}/status": "failed"})
-        context.log_event(_materialization(n, None, "failed", error_code=error.code or 0, error=message))
-        raise dg.Failure(f"Twilio refused the {n.channel} to {n.recipient_name}: {message}",
-                         allow_retries=False) from None
+class NotifyConfig(dg.Config):
+    notifications: list[DueNotification]
+
+
+@dg.op(description="Send the due notifications of one sensor tick through Twilio, each recorded in the "
+                   "ledger before and after, at most TwilioResource.max_concurrency at once.")
+def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rules: RulesResource,
+                       twilio: TwilioResource, store: StoreResource) -> None:
+    sender = Sender(store.ledger(), twilio, rules.load(), owner=context.run_id)
+    outcomes: list[Outcome] = []
+    with ThreadPoolExecutor(max_workers=max(1, twilio.max_concurrency), thread_name_prefix="notify") as pool:
+        futures = [pool.submit(sender.process, due.notification_id, due.attempts) for due in config.notifications]
+        for future in as_completed(futures):
+            outcome = future.result()
+            if outcome is None:
+                continue
+            outcomes.append(outcome)
+            n = outcome.n
+            line = (f"{n.channel} to {n.recipient_name} {n.recipient_masked} for {n.document}: {outcome.result}"
+                    f"{' ' + outcome.sid if outcome.sid else ''}{': ' + outcome.message if outcome.message else ''}")
+            if outcome.result in ("sent", "adopted", "failed", "review"):
+                context.log_event(_materialization(outcome))
+            (context.log.info if outcome.result in ("sent", "adopted", "held") else context.log.warning)(line)
+    counts = {result: sum(1 for o in outcomes if o.result == result)
+              for result in ("sent", "adopted", "held", "retry", "failed", "review")}
+    context.log.info(f"notifications: {counts}")
+    lost = [o for o in outcomes if o.result in ("failed", "review")]
+    if lost:
+        first = lost[0]
+        raise dg.Failure(
+            description=f"{len(lost)} notification(s) did not go out and the admins were told; first: "
+                        f"{first.n.channel} to {first.n.recipient_name} for {first.n.document}: {first.message}",
+            allow_retries=False)
 
 
 @dg.job(
-    description="Send one notification (launched by the notification sensor, one run per notification).",
-    tags={"b1twilio/kind": "notification"},
+    description="Send the due notifications picked up by one notification sensor tick.",
+    # The ledger owns retries (re-drive with backoff): Dagster must not re-execute a failed send step.
+    tags={f"{TAG_PREFIX}/kind": "notification", "dagster/max_retries": "0"},
 )
 def notify_job() -> None:
-    send_notification()
+    send_notifications()
+

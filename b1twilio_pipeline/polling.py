@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from b1twilio_pipeline.settings import ConfigurationError, setting
+from b1twilio_pipeline.settings import int_setting, setting
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,11 @@ class PollingSettings:
     @classmethod
     def from_settings(cls, timezone: str) -> PollingSettings:
         return cls(
-            window_minutes=_int_setting("B1TWILIO_WINDOW_MINUTES", 15, allowed=(1, 2, 3, 4, 5, 6, 10, 12, 15,
+            window_minutes=int_setting("B1TWILIO_WINDOW_MINUTES", 15, allowed=(1, 2, 3, 4, 5, 6, 10, 12, 15,
                                                                                    20, 30, 60)),
             poll_cron=setting("B1TWILIO_POLL_CRON", "* * * * *") or "* * * * *",
             partitions_start=setting("B1TWILIO_PARTITIONS_START", "2026-11-01-00:00") or "2026-11-01-00:00",
-            refresh_minutes=_int_setting("B1TWILIO_STATE_REFRESH_MINUTES", 30),
+            refresh_minutes=int_setting("B1TWILIO_STATE_REFRESH_MINUTES", 30),
             timezone=timezone,
         )
 
@@ -37,14 +37,3 @@ class PollingSettings:
             timezone=self.timezone, end_offset=1,
         )
 
-
-def _int_setting(name: str, default: int, allowed: tuple[int, ...] | None = None) -> int:
-    raw = setting(name, str(default)) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number: set it to e.g. {default}") from None
-    if value < 1 or (allowed and value not in allowed):
-        choices = ", ".join(map(str, allowed)) if allowed else "a number >= 1"
-        raise ConfigurationError(f"{name}={value} is not allowed: use one of {choices}")
-    return value

@@ -364,10 +364,17 @@ class RulesConfig:
         return [r for r in self.rules if r.enabled and (kind is None or r.kind == kind)]
 
     def rule(self, rule_id: str) -> Rule:
-        for candidate in self.rules:
-            if candidate.id == rule_id:
-                return candidate
-        raise KeyError(rule_id)
+        found = self.find_rule(rule_id)
+        if found is None:
+            raise KeyError(rule_id)
+        return found
+
+    def find_rule(self, rule_id: str) -> Rule | None:
+        return next((candidate for candidate in self.rules if candidate.id == rule_id), None)
+
+    def person(self, key: str) -> Recipient | None:
+        """The recipient whose `Recipient.key` is `key`, in whatever group."""
+        return next((p for group in self.recipients.values() for p in group if p.key == key), None)
 
     def recipients_for(self, rule: Rule) -> list[Recipient]:
         """Everyone the rule names, groups expanded, de-duplicated by number or reference, order kept."""

@@ -20,10 +20,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from b1twilio_pipeline.database import dispose_engine
 from b1twilio_pipeline.definitions import build_definitions
+from b1twilio_pipeline.notify import NOTIFICATIONS_KEY
 from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
-from b1twilio_pipeline.resources.store import StoreResource, dispose_engine
+from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.resources.twilio import TwilioResource
 from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 from b1twilio_pipeline.simulators.twilio import TwilioSimulator
@@ -178,7 +180,7 @@ class Pipeline:
         return result
 
     def notify(self) -> list[dg.ExecuteInProcessResult]:
-        """Tick the notification sensor and execute every run it requests, as the daemon would."""
+        """Tick the notification sensor and execute the run it requests, as the daemon would."""
         result = self.tick("notification_sensor")
         runs = []
         for request in getattr(result, "run_requests", None) or []:
@@ -187,6 +189,13 @@ class Pipeline:
                 run_config=request.run_config, instance=self.instance,
                 tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False))
         return runs
+
+    @staticmethod
+    def notifications(runs: list[dg.ExecuteInProcessResult]) -> list[dict[str, Any]]:
+        """The metadata of every notification the runs handled (their `sent_notifications` events)."""
+        return [{key: value.value for key, value in event.materialization.metadata.items()}
+                for run in runs for event in run.get_asset_materialization_events()
+                if event.asset_key == NOTIFICATIONS_KEY]
 
     def deliveries(self) -> dg.ExecuteInProcessResult:
         return self.run_job("delivery_job")

@@ -97,4 +97,5 @@ def test_delivery_sensor_sleeps_while_nothing_waits_for_a_status(instance: dg.Da
     store = StoreResource(database_url=f"sqlite:///{tmp_path}/store.sqlite")
     assert isinstance(_tick(defs, "delivery_status_sensor", instance, store=store), dg.SkipReason)
     result = _tick(defs, "notification_sensor", instance, store=store)
-    assert isinstance(result, dg.SensorResult) and result.run_requests == []
+    assert isinstance(result, dg.SensorResult) and not result.run_requests
+    assert result.skip_reason is not None and "no notification is due" in result.skip_reason.skip_message

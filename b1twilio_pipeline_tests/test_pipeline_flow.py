@@ -3,14 +3,17 @@ B1 change -> snapshot -> alert -> notification run -> Twilio -> delivery status 
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from urllib.parse import parse_qs
 
 import dagster as dg
 import pytest
 
+from b1twilio_pipeline.ledger import SENDING, Ledger, RedrivePolicy
+from b1twilio_pipeline.notify import outgoing_text
 from b1twilio_pipeline.resources.twilio import TwilioResource
-from b1twilio_pipeline.store import SENDING, Ledger, utcnow
+from b1twilio_pipeline.sql import utcnow
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
 
@@ -40,19 +43,22 @@ def test_new_supplier_invoice_is_texted_once_to_each_recipient(pipeline: Pipelin
 
     runs = pipeline.flow()
 
-    assert len(runs) == 2 and all(run.success for run in runs)
+    assert len(runs) == 1 and runs[0].success  # one run carries the tick's notifications
     sent = _sms_to(pipeline, AP_PHONES)
     assert {m["to"] for m in sent} == AP_PHONES
     for message in sent:
         assert "Acme Components GmbH" in message["body"]
         assert str(invoice["DocNum"]) in message["body"]
         assert "1,234.50 EUR" in message["body"]
-    run_tags = runs[0].dagster_run.tags
-    assert run_tags["b1twilio/rule"] == "ap-new-supplier-invoice"
-    assert run_tags["b1twilio/document"] == f"PurchaseInvoices {invoice['DocNum']}"
-    assert "+15005550101" not in str(run_tags) and "+15005550102" not in str(run_tags)
-    stored = pipeline.instance.get_run_by_id(runs[0].run_id)
-    assert stored is not None and stored.tags["b1twilio/sid"].startswith("SM")
+        assert re.search(r"\(ref [A-Z2-9]{6}\)$", message["body"])
+    events = pipeline.notifications(runs)
+    assert {e["recipient"] for e in events} == {"Dana", "Ray"}
+    for event in events:  # the asset's events are the audit trail: who, what, which SID; phone masked
+        assert event["rule"] == "ap-new-supplier-invoice"
+        assert event["document"] == f"PurchaseInvoices {invoice['DocNum']}"
+        assert event["twilio_sid"] in {m["sid"] for m in sent} and event["outcome"] == "sent"
+        assert event["recipient_phone"].startswith("+15") and "*" in event["recipient_phone"]
+    assert "+15005550101" not in str(events) + str(runs[0].dagster_run.tags)
 
 
 def test_rerun_backfill_restart_and_update_send_nothing_more(pipeline: Pipeline) -> None:
@@ -103,7 +109,7 @@ def test_overdue_invoice_places_one_voice_call_with_amount_and_due_date(pipeline
     runs += pipeline.notify()
 
     calls = [c for c in pipeline.twilio.calls() if c["to"] == "+15005550103"]
-    assert len(runs) == 1 and len(calls) == 1
+    assert len(runs) == 1 and len(calls) == 1 and len(pipeline.notifications(runs)) == 1
     twiml = _call_twiml(pipeline)[0]
     assert "750.00" in twiml and due.isoformat() in twiml and str(invoice["DocNum"]) in twiml
     assert "40 days overdue" in twiml
@@ -144,7 +150,7 @@ def test_delivery_receipt_reaches_ledger_dagster_and_b1_audit_once(pipeline: Pip
     pipeline.deliveries()
 
     ledger = pipeline.store.ledger()
-    sid = runs[0].dagster_run and pipeline.instance.get_run_by_id(runs[0].run_id).tags["b1twilio/sid"]
+    sid = pipeline.notifications(runs)[0]["twilio_sid"]
     assert ledger.by_sid(sid).status == "delivered"
     assert [e.status for e in ledger.history(sid)] == ["delivered"]
     audit_rows = pipeline.sap.udt_rows("B1TW_AUDIT")
@@ -154,7 +160,6 @@ def test_delivery_receipt_reaches_ledger_dagster_and_b1_audit_once(pipeline: Pip
     event = pipeline.instance.get_latest_materialization_event(dg.AssetKey(["notifications",
                                                                             "notification_deliveries"]))
     assert event is not None
-    assert pipeline.instance.get_run_by_id(runs[0].run_id).tags["b1twilio/status"] == "delivered"
 
 
 def test_undelivered_sms_is_a_delivery_exception(pipeline: Pipeline) -> None:
@@ -165,8 +170,8 @@ def test_undelivered_sms_is_a_delivery_exception(pipeline: Pipeline) -> None:
 
     result = pipeline.deliveries()
 
-    checks = result.get_asset_check_evaluations()
-    assert len(checks) == 1 and checks[0].passed is False
+    checks = {check.check_name: check.passed for check in result.get_asset_check_evaluations()}
+    assert checks == {"no_delivery_exceptions": False, "no_failed_notifications": True}
     statuses = sorted(row["U_Status"] for row in pipeline.sap.udt_rows("B1TW_AUDIT"))
     assert statuses == ["delivered", "undelivered"]
 
@@ -175,25 +180,29 @@ def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipel
     _add_supplier_invoice(pipeline)
     pipeline.poll()
     pipeline.evaluate()
-    ledger: Ledger = pipeline.store.ledger()
-    victim = ledger.due(utcnow())[0]
-    # The earlier run recorded 'sending', Twilio accepted the SMS, then the worker died before the SID.
-    ledger.mark_sending(victim.notification_id, run_id=None)
-    twilio: TwilioResource = TwilioResource(
-        account_sid=pipeline.twilio.account_sid, auth_token=pipeline.twilio.auth_token,
-        from_number=SIM_FROM_NUMBER, api_base_url=pipeline.twilio.url, status_callback_url="")
+    # An earlier run claimed the notification, Twilio accepted the SMS, then the worker died before it
+    # recorded the SID; its lease has run out.
+    dead = Ledger(pipeline.store.engine, RedrivePolicy(lease=timedelta(0)))
+    victim = dead.due(utcnow())[0]
+    claimed = dead.claim(victim.notification_id, victim.attempts, "dead-run", utcnow())
+    assert claimed is not None and claimed.status == SENDING
     phone = "+15005550101" if "Dana" in victim.recipient_name else "+15005550102"
-    accepted = twilio.send_sms(phone, victim.body)
-    assert ledger.get(victim.notification_id).status == SENDING
+    accepted = TwilioResource(
+        account_sid=pipeline.twilio.account_sid, auth_token=pipeline.twilio.auth_token,
+        from_number=SIM_FROM_NUMBER, api_base_url=pipeline.twilio.url, status_callback_url="",
+    ).send_sms(phone, outgoing_text(claimed))
 
-    runs = pipeline.notify()  # the other recipient's notification
-    # Dagster's run retry re-executes the interrupted notification run with the same config.
-    retry = pipeline.run_job("notify_job", run_config={"ops": {"send_notification": {"config": {
-        "notification_id": victim.notification_id}}}})
+    runs = pipeline.notify()  # the other recipient's notification, and the dead worker's taken over
+    # Dagster's run retry (or an operator) re-executes that run with the same config: nothing more.
+    retry = pipeline.run_job("notify_job", run_config=runs[0].dagster_run.run_config)
 
     assert len(runs) == 1 and runs[0].success and retry.success
     assert len(_sms_to(pipeline, AP_PHONES)) == 2  # one each: the interrupted one was adopted, not resent
+    ledger = pipeline.store.ledger()
     assert ledger.get(victim.notification_id).sid == accepted.sid
+    outcomes = {e["notification_id"]: e["outcome"] for e in pipeline.notifications(runs)}
+    assert outcomes[victim.notification_id] == "adopted" and sorted(outcomes.values()) == ["adopted", "sent"]
+    assert pipeline.notifications([retry]) == []
 
 
 def test_missed_window_is_filled_by_a_backfill_and_alerts_then(pipeline: Pipeline) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import socket
 import threading
@@ -16,7 +17,9 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from b1twilio_pipeline.resources.twilio import (
+    AmbiguousDelivery,
     DeliveryStatus,
+    Outbound,
     SentNotification,
     TwilioResource,
     TwilioSendError,
@@ -65,8 +68,8 @@ def test_messaging_service_is_used_when_configured(twilio_sim: TwilioSimulator) 
 
 def test_call_carries_escaped_say_and_reaches_completed(twilio_sim: TwilioSimulator,
                                                         callback_sink: CallbackSink) -> None:
-    resource = resource_for(twilio_sim, voice="Polly.Vicki", language="de-DE")
-    sent = resource.place_call(TO, 'Stock of <A&B> "bolts" is 3', status_callback=callback_sink.url)
+    resource = resource_for(twilio_sim, voice="Polly.Vicki", language="de-DE", status_callback_url=callback_sink.url)
+    sent = resource.place_call(TO, 'Stock of <A&B> "bolts" is 3')
     assert sent.channel == "voice" and CA_SID.match(sent.sid) and sent.status == "queued"
     form = posted_forms(twilio_sim, "/Calls.json")[0]
     twiml = form["Twiml"][0]
@@ -126,13 +129,57 @@ def test_429_storm_is_absorbed_without_losing_or_doubling_a_message(twilio_sim: 
         next(m["sid"] for m in messages if m["body"] == text) for _, _, text in items]
 
 
-def test_5xx_is_retried_then_succeeds_once(twilio_sim: TwilioSimulator,
-                                           twilio_resource: TwilioResource) -> None:
-    twilio_sim.set_faults(fail_next=2, fail_status=503)
-    sent = twilio_resource.send_sms(TO, "hello")
-    assert SM_SID.match(sent.sid)
-    assert len(posted_forms(twilio_sim, "/Messages.json")) == 3
+def test_5xx_on_create_is_looked_up_before_the_next_create(twilio_sim: TwilioSimulator,
+                                                           twilio_resource: TwilioResource) -> None:
+    twilio_sim.set_faults(fail_next=3, fail_status=503)  # refused before anything was created
+    sent = twilio_resource.send_sms(TO, "hello (ref ABC234)", ref="ABC234")
+    assert SM_SID.match(sent.sid) and not sent.adopted
+    answered = [(r.method, r.status) for r in twilio_sim.api_requests()]
+    posts = [i for i, (method, _) in enumerate(answered) if method == "POST"]
+    assert [answered[i][1] for i in posts] == [503] * (len(posts) - 1) + [201]
+    for before, after in itertools.pairwise(posts):
+        # every answer that did not prove rejection is followed by a lookup that answered, never by a
+        # blind second create
+        assert ("GET", 200) in answered[before + 1:after]
     assert len(twilio_sim.messages()) == 1
+
+
+def test_accepted_then_504_is_adopted_not_sent_twice(twilio_sim: TwilioSimulator,
+                                                    twilio_resource: TwilioResource) -> None:
+    twilio_sim.set_faults(accept_then_fail_next=1, fail_status=504)
+    sent = twilio_resource.send_sms(TO, "invoice 4711 (ref KQ7XM2)", ref="KQ7XM2")
+    assert sent.adopted and len(twilio_sim.messages()) == 1
+    assert sent.sid == twilio_sim.messages()[0]["sid"]
+    assert len(posted_forms(twilio_sim, "/Messages.json")) == 1
+
+
+def test_accepted_call_then_reset_is_adopted(twilio_sim: TwilioSimulator, twilio_resource: TwilioResource) -> None:
+    twilio_sim.set_faults(accept_then_fail_next=1, fail_status=502)
+    sent = twilio_resource.place_call(TO, "overdue invoice")
+    assert sent.adopted and [c["sid"] for c in twilio_sim.calls()] == [sent.sid]
+
+
+def test_lookup_never_adopts_other_senders_or_other_references(twilio_sim: TwilioSimulator,
+                                                              twilio_resource: TwilioResource) -> None:
+    since = datetime.now(UTC)
+    other_system = resource_for(twilio_sim, from_number="+15005550001")
+    other_system.send_sms(TO, "someone else's text (ref KQ7XM2)")  # same account, another sender
+    twilio_resource.send_sms(TO, "our other notification (ref ZZ9YY8)")
+    ours = twilio_resource.send_sms(TO, "our notification (ref KQ7XM2)")
+    found = twilio_resource.find_sent("sms", TO, since, ref="KQ7XM2")
+    assert [record.sid for record in found] == [ours.sid]
+    out = Outbound("sms", TO, "our notification (ref KQ7XM2)", "KQ7XM2")
+    assert twilio_resource.lookup(out, since, is_foreign=lambda sid: sid == ours.sid) is None
+
+
+def test_two_unowned_calls_are_ambiguous(twilio_sim: TwilioSimulator, twilio_resource: TwilioResource) -> None:
+    since = datetime.now(UTC)
+    first, second = twilio_resource.place_call(TO, "one"), twilio_resource.place_call(TO, "two")
+    with pytest.raises(AmbiguousDelivery, match="2 calls to"):
+        twilio_resource.deliver(Outbound("voice", TO, "two"), lookup_since=since)
+    adopted = twilio_resource.deliver(Outbound("voice", TO, "two"), lookup_since=since,
+                                      is_foreign=lambda sid: sid == first.sid)
+    assert adopted.sid == second.sid and adopted.adopted and len(twilio_sim.calls()) == 2
 
 
 def test_retries_give_up_with_a_transient_error(twilio_sim: TwilioSimulator) -> None:
@@ -170,7 +217,9 @@ def test_wrong_token_is_a_clear_20003_without_the_token(twilio_sim: TwilioSimula
     token = "f" * 32
     with pytest.raises(TwilioSendError) as caught:
         resource_for(twilio_sim, auth_token=token).send_sms(TO, "hello")
-    assert caught.value.code == 20003 and caught.value.permanent and caught.value.http_status == 401
+    # The account, not the message, is wrong: not retried now, but not permanent either (once the
+    # credentials are fixed the notification goes out).
+    assert caught.value.code == 20003 and not caught.value.permanent and caught.value.http_status == 401
     assert "authentication failed" in str(caught.value) and token not in str(caught.value)
     assert "region" not in str(caught.value)
     assert len(posted_forms(twilio_sim, "/Messages.json")) == 1
@@ -249,19 +298,20 @@ def test_region_and_edge_pick_the_twilio_host(connect_recorder: ConnectRecorder,
     assert caught.value.code is None and "t" * 32 not in str(caught.value)
 
 
-def test_sent_since_finds_what_was_sent(twilio_sim: TwilioSimulator, twilio_resource: TwilioResource) -> None:
+def test_find_sent_pages_through_what_was_sent(twilio_sim: TwilioSimulator,
+                                               twilio_resource: TwilioResource) -> None:
     since = datetime.now(UTC)
     bodies = [f"alert {n}" for n in range(105)]  # more than one page of 100
     results = twilio_resource.send_many([("sms", TO, body) for body in bodies])
     assert all(isinstance(result, SentNotification) for result in results)
     twilio_resource.send_sms("+15550000001", "someone else")
     call = twilio_resource.place_call(TO, "call me")
-    found = twilio_resource.sent_since(TO, since, "sms")
+    found = twilio_resource.find_sent("sms", TO, since)
     assert sorted(record.body for record in found) == sorted(bodies)
     assert all(record.to == TO and record.created_at >= since.replace(microsecond=0) for record in found)
-    calls = twilio_resource.sent_since(TO, since, "voice")
+    calls = twilio_resource.find_sent("voice", TO, since)
     assert [(c.sid, c.body) for c in calls] == [(call.sid, None)]
-    assert twilio_resource.sent_since(TO, since + timedelta(seconds=5), "sms") == []
+    assert twilio_resource.find_sent("sms", TO, since + timedelta(seconds=5)) == []
 
 
 def test_send_many_keeps_order_and_reports_failures_per_item(twilio_resource: TwilioResource) -> None:

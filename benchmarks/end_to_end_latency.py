@@ -95,10 +95,11 @@ def poll_waits(change_at: datetime, window_end: datetime) -> tuple[float, float]
 def run(b1_latency_s: float = DEFAULT_B1_LATENCY_S, twilio_latency_s: float = DEFAULT_TWILIO_LATENCY_S) -> BenchResult:
     import dagster as dg
 
+    from b1twilio_pipeline.database import dispose_engine
     from b1twilio_pipeline.definitions import build_definitions
     from b1twilio_pipeline.resources.rules import RulesResource
     from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
-    from b1twilio_pipeline.resources.store import StoreResource, dispose_engine
+    from b1twilio_pipeline.resources.store import StoreResource
     from b1twilio_pipeline.resources.twilio import TwilioResource
     from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
     from b1twilio_pipeline.simulators.twilio import TwilioSimulator

@@ -55,13 +55,14 @@ def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] 
 
 def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) -> BenchResult:
     from b1twilio_pipeline.assets.snapshots import ENTITIES
+    from b1twilio_pipeline.database import engine_for
     from b1twilio_pipeline.resources.sap_b1 import SapB1Session
     from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
-    from b1twilio_pipeline.store import SnapshotStore, create_store_engine
+    from b1twilio_pipeline.store import SnapshotStore
 
     sim = SapB1Simulator(port=0, seed=True).start_background()  # started first: stop() needs a server loop
     tmp = tempfile.TemporaryDirectory(prefix="b1tw-bench-poll-")
-    engine = create_store_engine(f"sqlite:///{Path(tmp.name) / 'store.sqlite'}")
+    engine = engine_for(f"sqlite:///{Path(tmp.name) / 'store.sqlite'}")
 
     def session() -> SapB1Session:
         return SapB1Session(sim.base_url, sim.company_db, sim.username, DEMO_PASSWORD, timezone=sim.timezone)

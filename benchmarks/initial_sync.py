@@ -52,11 +52,12 @@ def sync_optimized(base_url: str, db_url: str, password: str, page_size: int = O
                    company_db: str = "SBODEMOUS", username: str = "manager") -> dict[str, Any]:
     """The pipeline's way: big pages, `$select`, streamed into chunked bulk upserts."""
     from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME
+    from b1twilio_pipeline.database import engine_for
     from b1twilio_pipeline.resources.sap_b1 import SapB1Session
-    from b1twilio_pipeline.store import SnapshotStore, create_store_engine
+    from b1twilio_pipeline.store import SnapshotStore
 
     spec = ENTITY_BY_NAME["sales_invoices"]
-    engine = create_store_engine(db_url)
+    engine = engine_for(db_url)
     rss_before = current_rss_kib()
     started = time.perf_counter()
     session = SapB1Session(base_url, company_db, username, password, page_size=page_size)
@@ -81,10 +82,13 @@ def sync_naive(base_url: str, db_url: str, password: str, company_db: str = "SBO
 
     # Same imports as the optimized worker, so both start from a comparable resident size.
     from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME  # noqa: F401
+    from b1twilio_pipeline.database import engine_for
     from b1twilio_pipeline.resources.sap_b1 import SapB1Session  # noqa: F401
-    from b1twilio_pipeline.store import content_hash, create_store_engine, snapshots, utcnow
+    from b1twilio_pipeline.schema import snapshots
+    from b1twilio_pipeline.sql import utcnow
+    from b1twilio_pipeline.store import content_hash
 
-    engine = create_store_engine(db_url)
+    engine = engine_for(db_url)
     rss_before = current_rss_kib()
     started = time.perf_counter()
     requests = 0

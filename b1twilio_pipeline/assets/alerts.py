@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 
 from b1twilio_pipeline import alert_rules
 from b1twilio_pipeline.alert_rules import Candidate
@@ -20,12 +21,15 @@ from b1twilio_pipeline.assets.snapshots import (
     STOCK_LEVELS_KEY,
     snapshot_key,
 )
+from b1twilio_pipeline.ledger import PlannedNotification, bounded_id
+from b1twilio_pipeline.markdown import markdown_table
 from b1twilio_pipeline.masking import mask_phone
 from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.rules import Recipient, Rule
 from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.store import AlertStore, PlannedNotification, Snapshot, SnapshotStore, utcnow
+from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.store import AlertStore, Snapshot, SnapshotStore
 
 ALERTS_GROUP = "alerts"
 NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
@@ -69,7 +73,8 @@ def _sales_invoices(rule: Rule, store: SnapshotStore, alerts: AlertStore, config
 
 def _overdue(rule: Rule, store: SnapshotStore, alerts: AlertStore, config: AlertConfig) -> int:
     today = datetime.now(rule.tz).date()
-    return _record(alerts, rule, alert_rules.overdue_candidates(rule, store.iter_entity("Invoices"), today=today))
+    invoices = store.iter_entity("Invoices", open_only=True)
+    return _record(alerts, rule, alert_rules.overdue_candidates(rule, invoices, today=today))
 
 
 def _payments(rule: Rule, store: SnapshotStore, alerts: AlertStore, config: AlertConfig) -> int:
@@ -143,10 +148,6 @@ def build_alert_asset(kind: str, rules_markdown: str) -> dg.AssetsDefinition:
     return _alerts
 
 
-def _notification_id(alert_id: str, recipient: str, channel: str) -> str:
-    return f"{alert_id}|{recipient}|{channel}"
-
-
 def masked_phone_of(recipient: Recipient) -> str:
     """The number masked (+49*******678); a reference whose number is not stored yet shows its name."""
     try:
@@ -162,7 +163,7 @@ def plan_for(rule: Rule, recipients: Sequence[Recipient], alert_id: str, documen
     body = rule.render(fields)
     return [
         PlannedNotification(
-            notification_id=_notification_id(alert_id, person.key, channel),
+            notification_id=bounded_id(alert_id, person.key, channel),
             alert_id=alert_id, rule_id=rule.id, document=document, recipient=person.key,
             recipient_name=person.name, recipient_masked=masked_phone_of(person), channel=channel, body=body,
             not_before=rule.hold_until(now, person.tz, channel) or now, escalation_of=escalation_of,
@@ -183,15 +184,26 @@ def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
                       store: StoreResource) -> dg.MaterializeResult:
     config = rules.load()
     alerts, ledger = store.alerts(), store.ledger()
-    rules_by_id = {rule.id: rule for rule in config.rules}
     planned = held = 0
     now = utcnow()
+    problems: list[dict[str, str]] = []
     for event in alerts.unplanned():
-        rule = rules_by_id.get(event.rule_id)
-        rows = [] if rule is None or not rule.enabled else plan_for(
-            rule, config.initial_recipients(rule), event.alert_id, event.document, event.fields,
-            rule.first_channel, now)
-        planned += ledger.plan(rows, alert_store=alerts, alert_id=event.alert_id)
+        rule = config.find_rule(event.rule_id)
+        try:
+            rows = [] if rule is None or not rule.enabled else plan_for(
+                rule, config.initial_recipients(rule), event.alert_id, event.document, event.fields,
+                rule.first_channel, now)
+            planned += ledger.plan(rows, alert_id=event.alert_id)
+        except (ValueError, ConfigurationError, SQLAlchemyError) as error:
+            # One alert that cannot be planned (a template that no longer fits its fields, a database
+            # that refuses a value) must not hold up every alert after it: record why and go on.
+            reason = " ".join(str(error).split())[:300]
+            alerts.record_plan_error(event.alert_id, reason)
+            problems.append({"alert": event.alert_id, "rule": event.rule_id, "why": reason})
+            context.log.warning(f"alert {event.alert_id} not planned: {reason}")
+            continue
         held += sum(1 for row in rows if row.not_before > now)
     context.log.info(f"planned {planned} notification(s), {held} held by quiet hours")
-    return dg.MaterializeResult(metadata={"planned": planned, "held_by_quiet_hours": held})
+    return dg.MaterializeResult(metadata={
+        "planned": planned, "held_by_quiet_hours": held, "not_planned": len(problems),
+        "not_planned_alerts": dg.MetadataValue.md(markdown_table(problems, empty="None."))})

@@ -8,6 +8,7 @@ its latest status, raises delivery exceptions as a failed asset check, and plans
 """
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -15,19 +16,22 @@ import dagster as dg
 from b1twilio_pipeline import audit
 from b1twilio_pipeline.assets.alerts import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.delivery_status import StatusEvent, is_exception, is_final
+from b1twilio_pipeline.ledger import DeliveryEvent, Ledger, Notification
 from b1twilio_pipeline.markdown import markdown_table
-from b1twilio_pipeline.notify import NOTIFICATIONS_KEY, TAG_PREFIX
+from b1twilio_pipeline.notify import NOTIFICATIONS_KEY
 from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.resources.twilio import TwilioResource, TwilioSendError
 from b1twilio_pipeline.rules import RulesConfig
-from b1twilio_pipeline.store import DeliveryEvent, Ledger, Notification, utcnow
+from b1twilio_pipeline.settings import int_setting
+from b1twilio_pipeline.sql import utcnow
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
 AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])
 DELIVERY_GROUP = "notifications"
 EXCEPTION_CHECK = "no_delivery_exceptions"
+FAILED_CHECK = "no_failed_notifications"
 
 sent_notifications = dg.AssetSpec(
     NOTIFICATIONS_KEY,
@@ -40,13 +44,21 @@ sent_notifications = dg.AssetSpec(
 
 
 def _poll(twilio: TwilioResource, ledger: Ledger, log: Any) -> int:
+    """Ask Twilio for what is due for a poll, least recently polled first; stop waiting for receipts
+    older than B1TWILIO_RECEIPT_MAX_HOURS (their last status, e.g. `sent`, stands)."""
+    now = utcnow()
+    expired = ledger.expire_unconfirmed(now, timedelta(hours=int_setting("B1TWILIO_RECEIPT_MAX_HOURS", 72)))
+    if expired:
+        log.info(f"{expired} message(s)/call(s) without a final status after the receipt window: final now")
     changed = 0
-    for sid, channel in ledger.open_sids():
+    for sid, channel in ledger.due_for_poll(now):
         try:
             status = twilio.fetch_status(sid)
         except TwilioSendError as error:
             log.warning(f"could not poll {sid}: {error}")
             continue
+        finally:
+            ledger.mark_polled(sid, now)
         changed += ledger.apply_status(StatusEvent(
             sid=sid, channel=channel, status=status.status, error_code=status.error_code, source="poll",
             received_at=utcnow()))
@@ -58,31 +70,22 @@ def _notifications_of(ledger: Ledger, events: Sequence[DeliveryEvent]) -> dict[s
     return {sid: ledger.by_sid(sid) for sid in dict.fromkeys(event.sid for event in events)}
 
 
-def _tag_runs(instance: dg.DagsterInstance, notifications: dict[str, Notification | None]) -> None:
-    """Put each notification's latest status on its own run, so the run list answers 'did it arrive'."""
-    for n in notifications.values():
-        if n is not None and n.run_id and instance.get_run_by_id(n.run_id) is not None:
-            instance.add_run_tags(n.run_id, {f"{TAG_PREFIX}/status": n.status})
-
-
 def _escalate(config: RulesConfig, ledger: Ledger) -> int:
     """SMS undelivered/failed -> a voice call to the same person (sms_then_voice); SMS or call failed or
-    not answered -> the next person of an on-call chain (escalation.next_recipient)."""
+    not answered -> the next person of an on-call chain (escalation.next_recipient). The decision and the
+    escalation's notification are recorded in one transaction."""
     planned = 0
     for n in ledger.needs_escalation():
-        ledger.mark_escalated(n.notification_id)
-        rule = next((r for r in config.rules if r.id == n.rule_id), None)
-        if rule is None or not is_exception(n.channel, n.status):
-            continue
-        person = next((p for p in config.recipients_for(rule) if p.key == n.recipient), None)
-        if person is None:
-            continue
-        target, channel = (person, "voice") if n.channel == "sms" and rule.escalates_to_voice else (
-            config.next_recipient(rule, person), n.channel)
-        if target is None:
-            continue
-        planned += ledger.plan(plan_for(rule, [target], n.alert_id, n.document, ledger.alert_fields(n.alert_id),
-                                        channel, utcnow(), escalation_of=n.notification_id))
+        rule = config.find_rule(n.rule_id)
+        person = config.person(n.recipient)
+        target, channel = None, n.channel
+        if rule is not None and person is not None and is_exception(n.channel, n.status):
+            target, channel = (person, "voice") if n.channel == "sms" and rule.escalates_to_voice else (
+                config.next_recipient(rule, person), n.channel)
+        rows = [] if target is None or rule is None else plan_for(
+            rule, [target], n.alert_id, n.document, ledger.alert_fields(n.alert_id), channel, utcnow(),
+            escalation_of=n.notification_id)
+        planned += ledger.escalate(n.notification_id, rows)
     return planned
 
 
@@ -109,7 +112,10 @@ def _event_rows(events: Sequence[DeliveryEvent],
                 "Twilio for whatever is not final yet); undelivered/failed are delivery exceptions.",
     check_specs=[dg.AssetCheckSpec(EXCEPTION_CHECK, asset=DELIVERIES_KEY,
                                    description="No SMS undelivered/failed and no call unanswered/failed "
-                                               "among the statuses reported by this run.")],
+                                               "among the statuses reported by this run."),
+                 dg.AssetCheckSpec(FAILED_CHECK, asset=DELIVERIES_KEY,
+                                   description="No notification failed for good or waits for review "
+                                               "in the last 24 hours (the admins were told of each).")],
 )
 def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
                             store: StoreResource) -> dg.MaterializeResult:
@@ -117,7 +123,6 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
     polled = _poll(twilio, ledger, context.log)
     events = ledger.unreported()
     notifications = _notifications_of(ledger, events)
-    _tag_runs(context.instance, notifications)
     escalations = _escalate(rules.load(), ledger)
     rows = _event_rows(events, notifications)
     exceptions = [row for row, event in zip(rows, events, strict=True)
@@ -133,8 +138,19 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
         check_results=[dg.AssetCheckResult(
             check_name=EXCEPTION_CHECK, passed=not exceptions, severity=dg.AssetCheckSeverity.WARN,
             metadata={"exceptions": dg.MetadataValue.md(markdown_table(exceptions, empty="None."))},
-        )],
+        ), _failed_check(ledger)],
     )
+
+
+def _failed_check(ledger: Ledger) -> dg.AssetCheckResult:
+    failed = ledger.unresolved_failures(since=utcnow() - timedelta(hours=24))
+    rows = [{"notification": n.notification_id, "status": n.status, "rule": n.rule_id, "document": n.document,
+             "recipient": f"{n.recipient_name} {n.recipient_masked}", "channel": n.channel,
+             "why": n.error_message or ""} for n in failed]
+    return dg.AssetCheckResult(
+        check_name=FAILED_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"failed_or_in_review": len(failed),
+                  "notifications": dg.MetadataValue.md(markdown_table(rows, empty="None."))})
 
 
 def _record(ledger: Ledger, event: DeliveryEvent) -> audit.AuditRecord:

@@ -58,7 +58,7 @@ def aging_summary(frame: pd.DataFrame) -> pd.DataFrame:
 )
 def overdue_receivables(rules: RulesResource, store: StoreResource) -> dg.MaterializeResult:
     today = datetime.now(rules.load().tz).date()
-    frame = aging_frame(store.snapshots().iter_entity("Invoices"), today)
+    frame = aging_frame(store.snapshots().iter_entity("Invoices", open_only=True), today)
     summary = aging_summary(frame)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(summary),

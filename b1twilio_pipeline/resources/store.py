@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from b1twilio_pipeline.store import AlertStore, Ledger, SnapshotStore, create_store_engine
-
-_engines: dict[str | None, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def shared_engine(url: str | None) -> Engine:
-    """One engine (connection pool) per URL and process, however many resources are built."""
-    with _engines_lock:
-        if url not in _engines:
-            _engines[url] = create_store_engine(url)
-        return _engines[url]
-
-
-def dispose_engine(url: str | None) -> None:
-    """Close the pooled connections of `url` (tests drop their databases afterwards)."""
-    with _engines_lock:
-        engine = _engines.pop(url, None)
-    if engine is not None:
-        engine.dispose()
+from b1twilio_pipeline.database import engine_for
+from b1twilio_pipeline.ledger import Ledger, RedrivePolicy
+from b1twilio_pipeline.store import AlertStore, SnapshotStore
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -36,7 +17,7 @@ class StoreResource(dg.ConfigurableResource):
 
     @property
     def engine(self) -> Engine:
-        return shared_engine(self.database_url)
+        return engine_for(self.database_url)
 
     def snapshots(self) -> SnapshotStore:
         return SnapshotStore(self.engine)
@@ -45,4 +26,4 @@ class StoreResource(dg.ConfigurableResource):
         return AlertStore(self.engine)
 
     def ledger(self) -> Ledger:
-        return Ledger(self.engine)
+        return Ledger(self.engine, RedrivePolicy.from_settings())

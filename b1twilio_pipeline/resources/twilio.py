@@ -2,9 +2,14 @@
 
 Settings are resolved at run time (constructor field, else `b1twilio_pipeline.settings`), never at
 import. A base-URL override (`TWILIO_API_BASE_URL`) is applied inside the client's own HTTP layer, so a
-simulator or proxy sees exactly the requests production would send to Twilio. 429 and 5xx answers are
-retried with exponential backoff and jitter; other errors surface as one-line `TwilioSendError`s with the
-Twilio code and its meaning, phone numbers masked and no credentials.
+simulator or proxy sees exactly the requests production would send to Twilio.
+
+No blind resend: a 429 or a refused connection proves Twilio did not take the request, so it is retried
+with exponential backoff and jitter. A 5xx, a timeout or a connection reset after the request went out
+does not: Twilio may have accepted the message. Then `deliver` first asks Twilio whether the message or
+call exists (same `To`, our `From` or Messaging Service, created since the attempt began, and for SMS
+the notification's reference in the body), adopts it if so, and only otherwise creates another. Errors
+surface as one-line `TwilioSendError`s with the Twilio code and its meaning, numbers masked, no credentials.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +35,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
+from urllib3.exceptions import NewConnectionError
 
 from b1twilio_pipeline.masking import mask_phone, mask_phones_in
 from b1twilio_pipeline.settings import ConfigurationError, setting
@@ -41,6 +47,8 @@ CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+# Twilio's clock and ours differ a little: a lookup looks this far before the attempt began.
+CLOCK_SLACK = timedelta(minutes=2)
 
 # Short meanings of the Twilio error codes an alerting pipeline meets (see API_FACTS.md).
 ERROR_MEANINGS: dict[int, str] = {
@@ -72,11 +80,23 @@ ERROR_MEANINGS: dict[int, str] = {
 
 @dataclass(frozen=True)
 class SentNotification:
-    """What Twilio answered when it accepted a message or call."""
+    """What Twilio answered when it accepted a message or call (or what a lookup found and adopted)."""
 
     sid: str
     status: str
     channel: str  # "sms" | "voice"
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One message or call to make: `ref` is the short code an SMS text carries, so a lookup after an
+    ambiguous answer recognises exactly this notification's message."""
+
+    channel: str  # "sms" | "voice"
+    to: str
+    text: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,14 +123,34 @@ class SentRecord:
 class TwilioSendError(Exception):
     """A Twilio request that failed: one line with code, meaning and the masked number, never a secret.
 
-    `permanent` is True when retrying the same request cannot help (4xx other than 429)."""
+    `permanent` is True when retrying the same request cannot help (4xx other than 429 and an account
+    that failed to authenticate); `may_have_sent` when Twilio may have accepted it anyway (5xx, timeout,
+    connection reset), so the next attempt must look before it sends."""
 
     def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
-                 permanent: bool = False) -> None:
+                 permanent: bool = False, may_have_sent: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
         self.permanent = permanent
+        self.may_have_sent = may_have_sent
+
+
+class AmbiguousDelivery(Exception):
+    """A lookup found several messages or calls that could be this notification's: a person decides."""
+
+
+class _MayHaveSent(Exception):
+    """A create whose answer does not prove rejection; carries the error to raise if the lookup is empty."""
+
+    def __init__(self, error: TwilioSendError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def carries_ref(text: str | None, ref: str) -> bool:
+    """Whether a message text carries the reference `ref` as a word of its own."""
+    return bool(text) and re.search(rf"(?<![A-Z0-9]){re.escape(ref)}(?![A-Z0-9])", text or "") is not None
 
 
 class BaseUrlHttpClient(TwilioHttpClient):
@@ -174,6 +214,7 @@ class TwilioResource(dg.ConfigurableResource):
     status_callback_url: str | None = None
     max_concurrency: int = 4
     max_retries: int = 6
+    lookup_delay_s: float = 1.0  # after an ambiguous answer, give Twilio a moment before asking
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
     timeout_s: float = 15.0
@@ -250,36 +291,86 @@ class TwilioResource(dg.ConfigurableResource):
 
     # ----- public API --------------------------------------------------------------------------------
 
-    def send_sms(self, to: str, body: str, *, status_callback: str | None = None) -> SentNotification:
-        """Send an SMS from TWILIO_MESSAGING_SERVICE_SID (preferred when set) or TWILIO_FROM_NUMBER."""
-        client, config = self._client_and_config()
-        if not (config.messaging_service_sid or config.from_number):
-            raise ConfigurationError("no SMS sender: set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
-        kwargs: dict[str, Any] = {"to": to, "body": body}
-        if config.messaging_service_sid:
-            kwargs["messaging_service_sid"] = config.messaging_service_sid
-        else:
-            kwargs["from_"] = config.from_number
-        callback = status_callback or config.status_callback_url
-        if callback:
-            kwargs["status_callback"] = callback
-        message = self._attempt(lambda: client.messages.create(**kwargs), what="sending SMS", to=to,
-                                idempotent=False)
-        return SentNotification(sid=str(message.sid), status=str(message.status), channel="sms")
+    def deliver(self, out: Outbound, *, lookup_since: datetime | None = None,
+                is_foreign: Callable[[str], bool] = lambda sid: False) -> SentNotification:
+        """Send `out` exactly once as far as Twilio can tell.
 
-    def place_call(self, to: str, text: str, *, status_callback: str | None = None) -> SentNotification:
+        With `lookup_since` (an earlier attempt may have reached Twilio) Twilio is asked first and a match
+        is adopted. A create answered ambiguously is followed by a lookup, never by a blind resend.
+        `is_foreign(sid)` says a SID belongs to another notification: never adopted. Raises
+        `AmbiguousDelivery` when several calls could be this one, `TwilioSendError` otherwise."""
+        if out.channel not in ("sms", "voice"):
+            raise ValueError(f"channel must be 'sms' or 'voice', not {out.channel!r}")
+        if lookup_since is not None:
+            found = self._adopt(out, lookup_since, is_foreign)
+            if found is not None:
+                return found
+        for attempt in range(self.max_retries + 1):
+            started = datetime.now(UTC)
+            try:
+                return self._create(out)
+            except _MayHaveSent as unclear:
+                error = unclear.error
+            time.sleep(self.lookup_delay_s)
+            try:
+                found = self._adopt(out, started, is_foreign)
+            except TwilioSendError:
+                raise error from None  # cannot tell whether it was accepted: the next attempt looks again
+            if found is not None:
+                return found
+            if attempt < self.max_retries:
+                time.sleep(self._backoff(attempt))
+        raise error
+
+    def lookup(self, out: Outbound, since: datetime,
+               is_foreign: Callable[[str], bool] = lambda sid: False) -> SentNotification | None:
+        """The message or call an earlier attempt of `out` made since `since`, if Twilio has it."""
+        return self._adopt(out, since, is_foreign)
+
+    def send_sms(self, to: str, body: str, *, ref: str | None = None) -> SentNotification:
+        """Send an SMS from TWILIO_MESSAGING_SERVICE_SID (preferred when set) or TWILIO_FROM_NUMBER."""
+        return self.deliver(Outbound("sms", to, body, ref))
+
+    def place_call(self, to: str, text: str) -> SentNotification:
         """Call `to` and read `text` aloud (inline TwiML `<Say>`, escaped, at most 4000 characters)."""
+        return self.deliver(Outbound("voice", to, text))
+
+    def _create(self, out: Outbound) -> SentNotification:
         client, config = self._client_and_config()
+        if out.channel == "sms":
+            if not (config.messaging_service_sid or config.from_number):
+                raise ConfigurationError("no SMS sender: set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+            kwargs: dict[str, Any] = {"to": out.to, "body": out.text}
+            if config.messaging_service_sid:
+                kwargs["messaging_service_sid"] = config.messaging_service_sid
+            else:
+                kwargs["from_"] = config.from_number
+            if config.status_callback_url:
+                kwargs["status_callback"] = config.status_callback_url
+            message = self._attempt(lambda: client.messages.create(**kwargs), what="sending SMS", to=out.to,
+                                    idempotent=False)
+            return SentNotification(sid=str(message.sid), status=str(message.status), channel="sms")
         if not config.voice_from_number:
             raise ConfigurationError("no caller number: set TWILIO_VOICE_FROM_NUMBER or TWILIO_FROM_NUMBER")
-        kwargs: dict[str, Any] = {"to": to, "from_": config.voice_from_number, "twiml": self.twiml_for(text)}
-        callback = status_callback or config.status_callback_url
-        if callback:
-            kwargs.update(status_callback=callback, status_callback_event=list(CALL_EVENTS),
+        kwargs = {"to": out.to, "from_": config.voice_from_number, "twiml": self.twiml_for(out.text)}
+        if config.status_callback_url:
+            kwargs.update(status_callback=config.status_callback_url, status_callback_event=list(CALL_EVENTS),
                           status_callback_method="POST")
-        call = self._attempt(lambda: client.calls.create(**kwargs), what="placing call", to=to,
+        call = self._attempt(lambda: client.calls.create(**kwargs), what="placing call", to=out.to,
                              idempotent=False)
         return SentNotification(sid=str(call.sid), status=str(call.status), channel="voice")
+
+    def _adopt(self, out: Outbound, since: datetime, is_foreign: Callable[[str], bool]) -> SentNotification | None:
+        """The message or call an earlier attempt made, if Twilio has exactly one that can be ours."""
+        found = [record for record in self.find_sent(out.channel, out.to, since - CLOCK_SLACK, ref=out.ref)
+                 if not is_foreign(record.sid)]
+        if not found:
+            return None
+        if out.channel == "voice" and len(found) > 1:
+            raise AmbiguousDelivery(f"{len(found)} calls to {mask_phone(out.to)} since {since:%H:%M:%S} UTC "
+                                    f"could be this notification's ({', '.join(r.sid for r in found)})")
+        earliest = found[-1]  # Twilio lists newest first; two SMS with our reference: the first counts
+        return SentNotification(sid=earliest.sid, status=earliest.status, channel=out.channel, adopted=True)
 
     def twiml_for(self, text: str) -> str:
         """`<Response><Say voice language>text</Say></Response>`, text shortened to fit 4000 characters."""
@@ -315,29 +406,40 @@ class TwilioResource(dg.ConfigurableResource):
             return DeliveryStatus(sid, str(call.status), None, None)
         raise ValueError(f"cannot fetch status of {sid!r}: expected a message (SM/MM...) or call (CA...) SID")
 
-    def sent_since(self, to: str, since: datetime, channel: str) -> list[SentRecord]:
-        """Messages (channel "sms") or calls ("voice") to `to` created at or after `since`, newest first.
+    def find_sent(self, channel: str, to: str, since: datetime, *, ref: str | None = None) -> list[SentRecord]:
+        """Messages (channel "sms") or calls ("voice") from us to `to` created at or after `since`, newest
+        first; for SMS with `ref`, only those whose text carries it.
 
-        Filters on `To` only and reads newest-first pages until one is entirely older than `since`: a
-        `DateSent` filter would miss a message still queued (no send date yet), the very case a crash
-        between recording and sending leaves behind."""
-        client, _ = self._client_and_config()
+        "From us" is our sender number (`From` filter), or for a Messaging Service its SID on the message,
+        so other systems using the same account never match. Reads newest-first pages until one is
+        entirely older than `since`: a `DateSent` filter would miss a message still queued (no send date
+        yet), the very case an interrupted attempt leaves behind."""
+        client, config = self._client_and_config()
         if channel not in ("sms", "voice"):
             raise ValueError(f"channel must be 'sms' or 'voice', not {channel!r}")
         since_utc = (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC)
         floor = since_utc.replace(microsecond=0)  # Twilio's dates have whole seconds
+        service = config.messaging_service_sid if channel == "sms" else None
+        sender = None if service else (config.from_number if channel == "sms" else config.voice_from_number)
+        filters: dict[str, Any] = {"to": to, "page_size": 100}
+        if sender:
+            filters["from_"] = sender
         listing = client.messages if channel == "sms" else client.calls
-        what = f"listing {'messages' if channel == 'sms' else 'calls'}"
-        page = self._attempt(lambda: listing.page(to=to, page_size=100), what=what, to=to, idempotent=True)
+        what = f"looking up {'messages' if channel == 'sms' else 'calls'}"
+        page = self._attempt(lambda: listing.page(**filters), what=what, to=to, idempotent=True)
         found: list[SentRecord] = []
         while page is not None:
             records = list(page)
             recent = [record for record in records if record.date_created and record.date_created >= floor]
-            found.extend(SentRecord(sid=str(record.sid), to=str(record.to),
-                                    body=getattr(record, "body", None) if channel == "sms" else None,
-                                    status=str(record.status), created_at=record.date_created)
-                         for record in recent)
-            if not records or not recent:
+            for record in recent:
+                body = getattr(record, "body", None) if channel == "sms" else None
+                if service and getattr(record, "messaging_service_sid", None) != service:
+                    continue
+                if ref and channel == "sms" and not carries_ref(body, ref):
+                    continue
+                found.append(SentRecord(sid=str(record.sid), to=str(record.to), body=body,
+                                        status=str(record.status), created_at=record.date_created))
+            if not records or len(recent) < len(records):
                 break
             current = page
             page = self._attempt(lambda current=current: current.next_page(), what=what, to=to,
@@ -354,7 +456,7 @@ class TwilioResource(dg.ConfigurableResource):
         def one(item: tuple[str, str, str]) -> SentNotification | TwilioSendError:
             channel, to, text = item
             try:
-                return self.send_sms(to, text) if channel == "sms" else self.place_call(to, text)
+                return self.deliver(Outbound(channel, to, text))
             except TwilioSendError as exc:
                 return exc
 
@@ -365,7 +467,9 @@ class TwilioResource(dg.ConfigurableResource):
     # ----- retries and errors ------------------------------------------------------------------------
 
     def _attempt(self, call: Callable[[], T], *, what: str, to: str | None, idempotent: bool) -> T:
-        """Run one Twilio request with retries on 429/5xx (and on connection errors when idempotent)."""
+        """Run one Twilio request, retrying what provably did not take effect (429, a refused
+        connection) and, for idempotent reads, 5xx and dropped connections too. A create that met a
+        5xx or a dropped connection raises `_MayHaveSent` for `deliver` to look up."""
         _, config = self._client_and_config()
         assert self._slots is not None
         attempt = 0
@@ -375,20 +479,25 @@ class TwilioResource(dg.ConfigurableResource):
                     return call()
             except TwilioException as exc:
                 status, code, detail = _error_parts(exc)
-                retryable = status == 429 or code == 20429 or (status is not None and status >= 500)
-                if not retryable or attempt >= self.max_retries:
-                    raise self._error(what, to, status, code, detail, config,
-                                      attempts=attempt + 1, permanent=not retryable) from None
+                throttled = status == 429 or code == 20429
+                server_side = status is not None and status >= 500
+                if throttled or (server_side and idempotent):
+                    if attempt >= self.max_retries:
+                        raise self._error(what, to, status, code, detail, config, attempts=attempt + 1,
+                                          permanent=False) from None
+                else:
+                    auth = status in (401, 403) or code == 20003  # the account, not this message: fixable
+                    error = self._error(what, to, status, code, detail, config, attempts=attempt + 1,
+                                        permanent=not (server_side or auth), may_have_sent=server_side)
+                    raise (_MayHaveSent(error) if server_side else error) from None
             except requests.RequestException as exc:
-                # A POST that failed once sent may have been accepted: only a failed connect is safe to
-                # resend; otherwise say so and leave the decision to crash recovery (`sent_since`).
-                safe = idempotent or isinstance(exc, requests.ConnectTimeout)
-                if not safe or attempt >= self.max_retries:
-                    detail = f"{type(exc).__name__} talking to Twilio"
-                    if not safe:
-                        detail += " (the request may have been accepted: check sent_since before resending)"
-                    raise self._error(what, to, None, None, detail, config, attempts=attempt + 1,
-                                      permanent=False) from None
+                if not (idempotent or _never_sent(exc)):
+                    detail = f"{type(exc).__name__} talking to Twilio: the request may have been accepted"
+                    raise _MayHaveSent(self._error(what, to, None, None, detail, config, attempts=attempt + 1,
+                                                   permanent=False, may_have_sent=True)) from None
+                if attempt >= self.max_retries:
+                    raise self._error(what, to, None, None, f"{type(exc).__name__} talking to Twilio", config,
+                                      attempts=attempt + 1, permanent=False) from None
             time.sleep(self._backoff(attempt))
             attempt += 1
 
@@ -398,7 +507,7 @@ class TwilioResource(dg.ConfigurableResource):
         return random.uniform(ceiling / 2, ceiling)
 
     def _error(self, what: str, to: str | None, status: int | None, code: int | None, detail: str,
-               config: _Config, *, attempts: int, permanent: bool) -> TwilioSendError:
+               config: _Config, *, attempts: int, permanent: bool, may_have_sent: bool = False) -> TwilioSendError:
         meaning = ERROR_MEANINGS.get(code or 0, "")
         head = "Twilio request failed"
         if code:
@@ -414,7 +523,8 @@ class TwilioResource(dg.ConfigurableResource):
                          f"API key created for {config.region} (US1 credentials fail there)")
         if detail:
             parts.append(f"Twilio says: {self._clean(detail, to, config)}")
-        return TwilioSendError("; ".join(parts), code=code, http_status=status, permanent=permanent)
+        return TwilioSendError("; ".join(parts), code=code, http_status=status, permanent=permanent,
+                               may_have_sent=may_have_sent)
 
     @staticmethod
     def _clean(text: str, to: str | None, config: _Config) -> str:
@@ -424,6 +534,15 @@ class TwilioResource(dg.ConfigurableResource):
             line = line.replace(to, mask_phone(to))
         line = line.replace(config.password, "****")
         return mask_phones_in(line)[:300]
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """A connect timeout, a refused connection, a proxy that refused the tunnel or a failed TLS handshake:
+    the request never reached Twilio, so resending is safe."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError | requests.exceptions.SSLError):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 def _error_parts(exc: TwilioException) -> tuple[int | None, int | None, str]:

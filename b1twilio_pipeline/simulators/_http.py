@@ -34,13 +34,15 @@ class LoggedRequest:
 @dataclass
 class Faults:
     """Faults injected through the admin API: latency on every request, a number of 5xx answers
-    (or all of them), and a number of connections dropped without an answer."""
+    (or all of them), a number of connections dropped without an answer, and a number of creates that
+    take effect but are answered with `fail_status` (a gateway timeout after the service accepted)."""
 
     latency_s: float = 0.0
     fail_next: int = 0
     fail_status: int = 503
     fail_all: bool = False
     drop_next: int = 0
+    accept_then_fail_next: int = 0
 
 
 class SimulatorHandler(BaseHTTPRequestHandler):
@@ -135,6 +137,15 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     def log_request_entry(self, entry: LoggedRequest) -> None:
         with self.lock:
             self.requests.append(entry)
+
+    def take_accept_then_fail(self) -> bool:
+        """True (once per injected fault) when a create that just took effect must be answered with
+        `faults.fail_status` instead of its result."""
+        with self.lock:
+            if self.faults.accept_then_fail_next <= 0:
+                return False
+            self.faults.accept_then_fail_next -= 1
+            return True
 
     def start_background(self) -> SimulatorHTTPServer:
         """Serve from a daemon thread (tests, the demo) and return self."""

@@ -96,6 +96,9 @@ class TwilioHandler(SimulatorHandler):
             form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
             create = self._create_message if collection["kind"] == "Messages" else self._create_call
             record = create(form)
+            if self.server.take_accept_then_fail():
+                self.reply_fault(self.server.faults.fail_status)  # accepted, but the answer is lost
+                return
             self._json(201, record.resource)
         elif collection and method == "GET":
             self._json(200, self._list(_KIND[collection["kind"]], collection["kind"], query))
@@ -341,10 +344,11 @@ class TwilioSimulator(SimulatorHTTPServer):
             self.next_429 = next_429
 
     def set_faults(self, fail_next: int = 0, fail_status: int = 503, fail_all: bool = False,
-                   drop_next: int = 0) -> None:
+                   drop_next: int = 0, accept_then_fail_next: int = 0) -> None:
         with self.lock:
             self.faults.fail_next, self.faults.fail_status = fail_next, fail_status
             self.faults.fail_all, self.faults.drop_next = fail_all, drop_next
+            self.faults.accept_then_fail_next = accept_then_fail_next
 
     def set_callback_mode(self, *modes: str) -> None:
         """`normal`, or any of `fail` (callbacks dropped), `duplicate` (each sent twice), `out_of_order`

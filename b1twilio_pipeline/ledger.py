@@ -1,0 +1,441 @@
+"""The notification ledger: every notification is a row before anything is sent, and moves through a small
+state machine whose every transition is a compare-and-set, so any number of workers can share it.
+
+    planned --claim(attempts = n)--> sending (lease owner, lease until)
+    sending --complete--> <Twilio status> (SID recorded; delivery statuses follow)
+    sending --release--> planned (retry later, with backoff; `ambiguous_since` kept when the attempt
+                                  may have reached Twilio, so the next one asks Twilio before sending)
+    sending --fail--> failed          (Twilio refused it for good)
+    sending --review--> review        (a lookup found several candidates: a person decides)
+
+After `max_attempts` failed attempts a row is failed for good, and the admins' alert about it is planned
+in the same transaction as that transition.
+
+A claim increments `attempts` and succeeds only if the row still has the attempt count the caller saw
+and nobody holds a live lease: two workers, a re-executed run or a second daemon can never both send.
+A worker that dies leaves its lease to expire; the next claim takes the row over and, because the row
+was `sending`, looks Twilio up before sending again. Due work is found by state and time, never by a
+sequence cursor (rows commit out of order on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from b1twilio_pipeline.delivery_status import StatusEvent, is_final, should_advance
+from b1twilio_pipeline.schema import alert_events, delivery_events, notifications
+from b1twilio_pipeline.settings import int_setting
+from b1twilio_pipeline.sql import aware, chunks, insert, utcnow
+
+PLANNED, SENDING, FAILED, REVIEW = "planned", "sending", "failed", "review"
+# Final statuses and read receipts: each is written to the B1 audit table once.
+AUDITED_STATUSES = ("delivered", "undelivered", "failed", "read", "canceled", "completed", "busy",
+                    "no-answer")
+REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: people type these codes back
+
+
+@dataclass(frozen=True)
+class RedrivePolicy:
+    """How often and how long a notification is retried before it is declared failed."""
+
+    max_attempts: int = 8
+    first_retry: timedelta = timedelta(seconds=30)
+    max_retry: timedelta = timedelta(minutes=30)
+    lease: timedelta = timedelta(minutes=10)
+
+    @classmethod
+    def from_settings(cls) -> RedrivePolicy:
+        return cls(
+            max_attempts=int_setting("B1TWILIO_SEND_MAX_ATTEMPTS", 8),
+            first_retry=timedelta(seconds=int_setting("B1TWILIO_SEND_RETRY_SECONDS", 30)),
+            lease=timedelta(seconds=int_setting("B1TWILIO_SEND_LEASE_SECONDS", 600)),
+        )
+
+    def retry_delay(self, failures: int) -> timedelta:
+        """Exponential: first_retry, twice that, ... capped at max_retry."""
+        return min(self.max_retry, self.first_retry * (2 ** max(0, failures - 1)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedNotification:
+    """What to send, to whom and not before when: a ledger row before anything is sent."""
+
+    notification_id: str
+    alert_id: str
+    rule_id: str
+    document: str
+    recipient: str
+    recipient_name: str
+    recipient_masked: str
+    channel: str
+    body: str
+    not_before: datetime
+    escalation_of: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notification(PlannedNotification):
+    """A ledger row as stored, with its sending state."""
+
+    seq: int
+    ref: str | None
+    status: str
+    sid: str | None
+    error_code: int | None
+    error_message: str | None
+    created_at: datetime
+    attempt_started_at: datetime | None
+    sent_at: datetime | None
+    final_at: datetime | None
+    escalated: bool
+    run_id: str | None
+    attempts: int
+    failures: int
+    next_attempt_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    ambiguous_since: datetime | None
+
+    @property
+    def lookup_since(self) -> datetime | None:
+        """Set when an earlier attempt may have reached Twilio without its SID being recorded."""
+        return self.ambiguous_since
+
+
+_TIMESTAMPS = ("not_before", "created_at", "attempt_started_at", "sent_at", "final_at", "next_attempt_at",
+               "lease_until", "ambiguous_since")
+
+
+def _notification(row: Any) -> Notification:
+    values = {f.name: getattr(row, f.name) for f in fields(Notification)}
+    values.update({name: aware(values[name]) for name in _TIMESTAMPS}, escalated=bool(row.escalated))
+    return Notification(**values)
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    seq: int
+    sid: str
+    status: str
+    channel: str
+    error_code: int | None
+    source: str
+    received_at: datetime
+
+
+def _delivery(row: Any) -> DeliveryEvent:
+    return DeliveryEvent(row.seq, row.sid, row.status, row.channel, row.error_code, row.source,
+                         aware(row.received_at))
+
+
+def bounded_id(*parts: str, limit: int = 250) -> str:
+    """Parts joined with `|`; when that is longer than the column allows, the tail becomes a hash, so ids
+    stay stable and unique whatever the length of names in the rules file."""
+    joined = "|".join(parts)
+    if len(joined) <= limit:
+        return joined
+    return joined[:limit - 17] + "#" + hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def reference(notification_id: str, salt: int = 0) -> str:
+    """A 6-character code derived from the notification id (A-Z and 2-9 without look-alikes)."""
+    digest = int.from_bytes(hashlib.sha256(f"{notification_id}#{salt}".encode()).digest()[:8], "big")
+    return "".join(REF_ALPHABET[(digest >> (5 * i)) & 31] for i in range(6))
+
+
+class Ledger:
+    """Planning, the sending state machine, and every delivery status a message or call went through."""
+
+    def __init__(self, engine: Engine, policy: RedrivePolicy | None = None) -> None:
+        self.engine = engine
+        self.policy = policy or RedrivePolicy()
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, planned: Sequence[PlannedNotification], *, alert_id: str | None = None) -> int:
+        """Insert planned notifications (existing ids are left alone) and, in the same transaction, mark
+        their alert as planned, so a crash never plans an alert half or twice. Returns how many were new."""
+        with self.engine.begin() as conn:
+            new = self._insert_planned(conn, planned)
+            if alert_id is not None:
+                conn.execute(sa.update(alert_events).where(alert_events.c.alert_id == alert_id)
+                             .values(planned=True, plan_error=None))
+        return new
+
+    def escalate(self, notification_id: str, planned: Sequence[PlannedNotification]) -> int:
+        """Record that `notification_id` was escalated and plan its escalation in one transaction; a second
+        call (another worker, a retry) finds the flag already set and plans nothing."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(sa.update(notifications).where(
+                notifications.c.notification_id == notification_id, notifications.c.escalated.is_(False))
+                .values(escalated=True, updated_at=utcnow())).rowcount
+            return self._insert_planned(conn, planned) if claimed else 0
+
+    def _insert_planned(self, conn: Connection, planned: Sequence[PlannedNotification]) -> int:
+        now = utcnow()
+        new = 0
+        for p in planned:
+            stmt = insert(conn, notifications).values(
+                **asdict(p), ref=self._free_ref(conn, p), status=PLANNED, created_at=now, updated_at=now,
+                next_attempt_at=p.not_before, escalated=False, attempts=0, failures=0,
+            ).on_conflict_do_nothing(index_elements=[notifications.c.notification_id])
+            new += conn.execute(stmt).rowcount or 0
+        return new
+
+    @staticmethod
+    def _free_ref(conn: Connection, p: PlannedNotification) -> str:
+        """A reference not used by another unfinished notification of the same recipient."""
+        c = notifications.c
+        taken = set(conn.scalars(sa.select(c.ref).where(c.recipient == p.recipient, c.final_at.is_(None),
+                                                        c.ref.is_not(None))))
+        salt = 0
+        while (ref := reference(p.notification_id, salt)) in taken:
+            salt += 1
+        return ref
+
+    # -- finding work ---------------------------------------------------------------------------
+    def due(self, now: datetime, limit: int = 1000) -> list[Notification]:
+        """Planned rows whose time has come, and rows whose sending worker's lease ran out."""
+        c = notifications.c
+        query = (sa.select(notifications).where(sa.or_(
+            sa.and_(c.status == PLANNED, c.next_attempt_at <= now),
+            sa.and_(c.status == SENDING, sa.or_(c.lease_until.is_(None), c.lease_until < now)),
+        )).order_by(c.next_attempt_at, c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def get(self, notification_id: str) -> Notification | None:
+        return self._one(notifications.c.notification_id == notification_id)
+
+    def by_sid(self, sid: str) -> Notification | None:
+        return self._one(notifications.c.sid == sid)
+
+    def by_ref(self, recipient: str, ref: str) -> Notification | None:
+        return self._one(sa.and_(notifications.c.recipient == recipient, notifications.c.ref == ref))
+
+    def _one(self, condition: Any) -> Notification | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(notifications).where(condition)
+                               .order_by(notifications.c.seq.desc()).limit(1)).first()
+        return _notification(row) if row else None
+
+    def sid_owner(self, sid: str) -> str | None:
+        """The notification that recorded `sid`, if any: crash recovery never adopts someone else's."""
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.select(notifications.c.notification_id).where(notifications.c.sid == sid))
+
+    def sending_elsewhere(self, n: Notification, now: datetime) -> bool:
+        """Whether another notification to the same person and channel is being sent right now (its SID
+        may not be recorded yet, so a lookup could mistake its call for ours)."""
+        c = notifications.c
+        query = sa.select(sa.func.count()).where(
+            c.recipient == n.recipient, c.channel == n.channel, c.notification_id != n.notification_id,
+            c.status == SENDING, c.lease_until >= now)
+        with self.engine.connect() as conn:
+            return bool(conn.scalar(query))
+
+    # -- the sending state machine --------------------------------------------------------------
+    def claim(self, notification_id: str, attempts: int, owner: str, now: datetime) -> Notification | None:
+        """Take the row for one attempt, if it still has `attempts` claims and nobody holds a live lease.
+        A row found `sending` (its worker died) keeps the time of that attempt in `ambiguous_since`."""
+        n = self.get(notification_id)
+        if n is None or n.attempts != attempts:
+            return None
+        c = notifications.c
+        if n.status == PLANNED and n.next_attempt_at is not None and n.next_attempt_at <= now:
+            guard = c.status == PLANNED
+        elif n.status == SENDING and (n.lease_until is None or n.lease_until < now):
+            guard = sa.and_(c.status == SENDING, sa.or_(c.lease_until.is_(None), c.lease_until < now))
+        else:
+            return None
+        ambiguous = n.ambiguous_since or (n.attempt_started_at if n.status == SENDING else None)
+        values = {"status": SENDING, "attempts": attempts + 1, "lease_owner": owner,
+                  "lease_until": now + self.policy.lease, "attempt_started_at": now,
+                  "ambiguous_since": ambiguous, "run_id": owner, "updated_at": now}
+        with self.engine.begin() as conn:
+            taken = conn.execute(sa.update(notifications).where(
+                c.notification_id == notification_id, c.attempts == attempts, guard).values(**values)).rowcount
+        return self.get(notification_id) if taken else None
+
+    def complete(self, notification_id: str, owner: str, sid: str, status: str) -> bool:
+        """Record the SID of the holder's attempt; statuses that arrived by callback before it (Twilio is
+        fast) apply now. False when the holder lost its lease meanwhile."""
+        c = notifications.c
+        now = utcnow()
+        with self.engine.begin() as conn:
+            done = conn.execute(sa.update(notifications).where(
+                c.notification_id == notification_id, c.status == SENDING, c.lease_owner == owner).values(
+                sid=sid, status=status, sent_at=now, lease_owner=None, lease_until=None, ambiguous_since=None,
+                error_code=None, error_message=None, updated_at=now)).rowcount
+            if not done:
+                return False
+            early = conn.execute(sa.select(delivery_events).where(delivery_events.c.sid == sid)
+                                 .order_by(delivery_events.c.seq)).all()
+            for event in early:
+                self._advance(conn, _delivery(event))
+        return True
+
+    def release(self, n: Notification, owner: str, *, error_code: int | None, message: str,
+                may_have_sent: bool, retry_at: datetime | None = None, count: bool = True) -> datetime | None:
+        """Hand the row back for a later attempt after a failure that may pass (an outage, a missing
+        secret); `count=False` when nothing failed (only waiting for another worker). Returns when it is
+        due again, or None when the holder had lost its lease."""
+        failures = n.failures + 1 if count else n.failures
+        retry_at = retry_at or utcnow() + self.policy.retry_delay(failures)
+        ambiguous = (n.ambiguous_since or n.attempt_started_at) if may_have_sent else n.ambiguous_since
+        done = self._transition(n.notification_id, owner, status=PLANNED, next_attempt_at=retry_at,
+                                failures=failures, error_code=error_code, error_message=message,
+                                ambiguous_since=ambiguous)
+        return retry_at if done else None
+
+    def postpone(self, n: Notification, owner: str, until: datetime) -> bool:
+        """Back to planned until `until` without counting a failure (quiet hours began meanwhile)."""
+        return self._transition(n.notification_id, owner, status=PLANNED, next_attempt_at=until)
+
+    def fail(self, n: Notification, owner: str, *, error_code: int | None, message: str, status: str = FAILED,
+             admin_alerts: Sequence[PlannedNotification] = ()) -> bool:
+        """Final: Twilio refused it for good, it failed `max_attempts` times, or (status `review`) a person
+        must decide. The admins' alerts about it are planned in the same transaction."""
+        return self._transition(n.notification_id, owner, status=status, error_code=error_code,
+                                error_message=message, final_at=utcnow(), failures=n.failures + 1,
+                                planned=admin_alerts)
+
+    def _transition(self, notification_id: str, owner: str, planned: Sequence[PlannedNotification] = (),
+                    **values: Any) -> bool:
+        """Move the holder's row on (only while `owner` holds it) and plan `planned` in the same transaction."""
+        c = notifications.c
+        values.update(lease_owner=None, lease_until=None, updated_at=utcnow())
+        with self.engine.begin() as conn:
+            done = bool(conn.execute(sa.update(notifications).where(
+                c.notification_id == notification_id, c.status == SENDING, c.lease_owner == owner)
+                .values(**values)).rowcount)
+            if done:
+                self._insert_planned(conn, planned)
+        return done
+
+    # -- delivery status ------------------------------------------------------------------------
+    def apply_status(self, event: StatusEvent) -> bool:
+        """Record a status from a callback or a poll. Replays are no-ops; a status never moves a
+        notification backwards. True when anything changed."""
+        with self.engine.begin() as conn:
+            inserted = conn.execute(insert(conn, delivery_events).values(
+                sid=event.sid, status=event.status, channel=event.channel, error_code=event.error_code,
+                source=event.source, received_at=event.received_at, reported=False, audited=False,
+            ).on_conflict_do_nothing(index_elements=[delivery_events.c.sid, delivery_events.c.status])
+            ).rowcount or 0
+            advanced = self._advance(conn, event)
+            return bool(inserted) or advanced
+
+    @staticmethod
+    def _advance(conn: Connection, event: StatusEvent | DeliveryEvent) -> bool:
+        row = conn.execute(sa.select(notifications.c.status, notifications.c.channel)
+                           .where(notifications.c.sid == event.sid)).first()
+        if row is None or not should_advance(row.channel, row.status, event.status):
+            return False
+        values: dict[str, Any] = {"status": event.status, "updated_at": utcnow()}
+        if event.error_code is not None:
+            values["error_code"] = event.error_code
+        if is_final(row.channel, event.status):
+            values["final_at"] = event.received_at
+        conn.execute(sa.update(notifications).where(notifications.c.sid == event.sid).values(**values))
+        return True
+
+    def due_for_poll(self, now: datetime, limit: int = 200) -> list[tuple[str, str]]:
+        """(sid, channel) of sent notifications without a final status whose next poll is due, least
+        recently polled first, so old unanswered ones never crowd out new ones."""
+        c = notifications.c
+        query = (sa.select(c.sid, c.channel).where(
+            c.sid.is_not(None), c.final_at.is_(None), sa.or_(c.next_poll_at.is_(None), c.next_poll_at <= now))
+            .order_by(c.polled_at.is_not(None), c.polled_at, c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            return [(r.sid, r.channel) for r in conn.execute(query)]
+
+    def mark_polled(self, sid: str, now: datetime) -> None:
+        """Poll again after a tenth of the message's age (at least 15 s, at most 30 min)."""
+        c = notifications.c
+        with self.engine.begin() as conn:
+            sent_at = aware(conn.scalar(sa.select(c.sent_at).where(c.sid == sid))) or now
+            interval = min(timedelta(minutes=30), max(timedelta(seconds=15), (now - sent_at) / 10))
+            conn.execute(sa.update(notifications).where(c.sid == sid)
+                         .values(polled_at=now, next_poll_at=now + interval))
+
+    def expire_unconfirmed(self, now: datetime, max_age: timedelta) -> int:
+        """Stop waiting for receipts older than `max_age`: the last status (e.g. `sent`) becomes final."""
+        c = notifications.c
+        with self.engine.begin() as conn:
+            return conn.execute(sa.update(notifications).where(
+                c.sid.is_not(None), c.final_at.is_(None), c.sent_at < now - max_age)
+                .values(final_at=now, updated_at=now)).rowcount or 0
+
+    def alert_fields(self, alert_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            text = conn.scalar(sa.select(alert_events.c.fields).where(alert_events.c.alert_id == alert_id))
+        return json.loads(text) if text else {}
+
+    def history(self, sid: str) -> list[DeliveryEvent]:
+        query = sa.select(delivery_events).where(delivery_events.c.sid == sid).order_by(delivery_events.c.seq)
+        with self.engine.connect() as conn:
+            return [_delivery(r) for r in conn.execute(query)]
+
+    def unreported(self, limit: int = 1000) -> list[DeliveryEvent]:
+        return self._events(delivery_events.c.reported.is_(False), limit)
+
+    def unaudited(self, limit: int = 1000) -> list[DeliveryEvent]:
+        c = delivery_events.c
+        return self._events(sa.and_(c.audited.is_(False), c.status.in_(AUDITED_STATUSES)), limit)
+
+    def _events(self, condition: Any, limit: int) -> list[DeliveryEvent]:
+        query = sa.select(delivery_events).where(condition).order_by(delivery_events.c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [_delivery(r) for r in conn.execute(query)]
+
+    def mark_reported(self, seqs: Iterable[int]) -> None:
+        self._flag_events(seqs, reported=True)
+
+    def mark_audited(self, seqs: Iterable[int]) -> None:
+        self._flag_events(seqs, audited=True)
+
+    def _flag_events(self, seqs: Iterable[int], **values: bool) -> None:
+        ids = list(seqs)
+        with self.engine.begin() as conn:
+            for chunk in chunks(ids, 500):
+                conn.execute(sa.update(delivery_events).where(delivery_events.c.seq.in_(chunk)).values(**values))
+
+    def needs_escalation(self, limit: int = 200) -> list[Notification]:
+        """Notifications that reached a final status and whose escalation was not decided yet."""
+        c = notifications.c
+        query = (sa.select(notifications).where(c.final_at.is_not(None), c.escalated.is_(False))
+                 .order_by(c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def unresolved_failures(self, since: datetime) -> list[Notification]:
+        """Notifications failed for good or waiting for review, decided since `since`."""
+        c = notifications.c
+        query = (sa.select(notifications).where(c.status.in_((FAILED, REVIEW)), c.sid.is_(None),
+                                                c.final_at >= since).order_by(c.seq))
+        with self.engine.connect() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def pending_work(self, now: datetime) -> dict[str, int]:
+        """Counts the delivery sensor needs to decide whether a delivery run is worth launching."""
+        c, e = notifications.c, delivery_events.c
+        with self.engine.connect() as conn:
+            poll_due = conn.scalar(sa.select(sa.func.count()).where(
+                c.sid.is_not(None), c.final_at.is_(None),
+                sa.or_(c.next_poll_at.is_(None), c.next_poll_at <= now))) or 0
+            unreported = conn.scalar(sa.select(sa.func.count()).where(e.reported.is_(False))) or 0
+            unaudited = conn.scalar(sa.select(sa.func.count()).where(
+                e.audited.is_(False), e.status.in_(AUDITED_STATUSES))) or 0
+            undecided = conn.scalar(sa.select(sa.func.count()).where(
+                c.final_at.is_not(None), c.escalated.is_(False))) or 0
+            version = conn.scalar(sa.select(sa.func.max(c.updated_at)))
+        return {"poll_due": poll_due, "unreported": unreported, "unaudited": unaudited, "undecided": undecided,
+                "version": int(aware(version).timestamp()) if version else 0}
