@@ -7,6 +7,7 @@
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
     b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.audit)
+    b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.database)
     b1twilio demo                                 (b1twilio_pipeline.demo)
 
 Bad configuration or input is one `error: ...` line on stderr and exit status 2, never a traceback.
@@ -29,6 +30,7 @@ from b1twilio_pipeline.settings import ConfigurationError
 # secrets commands should not wait for. The function receives the parsed argparse.Namespace.
 DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.audit", "setup_audit_table_command"),
+    "db upgrade": ("b1twilio_pipeline.database", "upgrade_command"),
 }
 
 _NO_KEY = (
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"
     ).set_defaults(handler=_delegate("setup-b1-audit-table"))
+    database = commands.add_parser("db", help="the pipeline's own database (snapshots, alerts, ledger)")
+    db_actions = database.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upgrade = db_actions.add_parser("upgrade", help="migrate it to this release's schema (the services do "
+                                                    "this at start too)")
+    upgrade.add_argument("--database-url", help="SQLAlchemy URL (default: B1TWILIO_DATABASE_URL)")
+    upgrade.set_defaults(handler=_delegate("db upgrade"))
     demo_parser = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=demo.main)

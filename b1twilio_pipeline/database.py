@@ -11,6 +11,7 @@ carry customer names and amounts.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import threading
@@ -54,6 +55,20 @@ def engine_for(url: str | None = None) -> Engine:
             upgrade(engine)
             _engines[resolved] = engine
         return engine
+
+
+def upgrade_command(args: argparse.Namespace) -> int:
+    """`b1twilio db upgrade`: migrate the store on B1TWILIO_DATABASE_URL (or --database-url) now."""
+    engine = _create_engine(database_url(args.database_url))
+    try:
+        started = upgrade(engine)
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    head = head_revision()
+    print(f"store {where}: " + (f"already at revision {head}" if started == head else
+                                f"upgraded from revision {started} to {head}"))
+    return 0
 
 
 def dispose_engine(url: str) -> None:

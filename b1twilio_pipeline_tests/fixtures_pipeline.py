@@ -149,6 +149,7 @@ class Pipeline:
     sap: SapB1Simulator
     twilio: TwilioSimulator
     store: StoreResource
+    rules_file: Path
     cursors: dict[str, str | None] = field(default_factory=dict)
 
     def run_job(self, name: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
@@ -220,10 +221,13 @@ PipelineFactory = Callable[..., Pipeline]
 @pytest.fixture
 def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
                      rules_file: Path) -> Iterator[PipelineFactory]:
-    """Build the pipeline once per test; `status_callback_url` turns Twilio status callbacks on."""
+    """Build the pipeline once per test; `status_callback_url` turns Twilio status callbacks on,
+    `rules_text` replaces the test rules."""
     started: list[Pipeline] = []
 
-    def build(status_callback_url: str = "") -> Pipeline:
+    def build(status_callback_url: str = "", rules_text: str | None = None) -> Pipeline:
+        if rules_text is not None:
+            rules_file.write_text(rules_text)
         sap = SapB1Simulator(port=0, seed=False).start_background()
         twilio = TwilioSimulator(port=0, status_delay_s=0.05).start_background()
         twilio.set_auto_advance(False)
@@ -240,7 +244,7 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
             "rules": RulesResource(path=str(rules_file)),
         }
         defs = build_definitions(rules_path=str(rules_file), resources=resources)
-        started.append(Pipeline(defs, pg_instance, sap, twilio, store))
+        started.append(Pipeline(defs, pg_instance, sap, twilio, store, rules_file))
         return started[-1]
 
     yield build
