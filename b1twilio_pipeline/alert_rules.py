@@ -33,11 +33,15 @@ class Candidate:
     fields: dict[str, Any]
 
 
-def _day(value: Any) -> date | None:
-    """B1 dates come as '2026-11-24' (v1) or '2026-11-24T00:00:00Z' (v2)."""
+def parse_day(value: Any) -> date | None:
+    """B1 dates come as '2026-11-24' (v1) or '2026-11-24T00:00:00Z' (v2); anything else is no date (the
+    record is skipped by the rule rather than stopping the evaluation of every other one)."""
     if not value:
         return None
-    return date.fromisoformat(str(value)[:10])
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
 
 
 def _num(value: Any) -> float:
@@ -54,7 +58,7 @@ def _cancelled(doc: Mapping[str, Any]) -> bool:
 def document_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     fields = {name: doc.get(name) for name in DOCUMENT_TEMPLATE_FIELDS}
     for name in ("DocDate", "DocDueDate"):
-        day = _day(doc.get(name))
+        day = parse_day(doc.get(name))
         fields[name] = day.isoformat() if day else ""
     for name in ("DocTotal", "PaidToDate"):
         fields[name] = _num(doc.get(name))
@@ -66,7 +70,7 @@ def document_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_recent(doc: Mapping[str, Any], since: date) -> bool:
     """Only documents created lately are 'new': the first sync must not announce years of history."""
-    created = _day(doc.get("CreationDate")) or _day(doc.get("DocDate"))
+    created = parse_day(doc.get("CreationDate")) or parse_day(doc.get("DocDate"))
     return created is not None and created >= since
 
 
@@ -99,7 +103,7 @@ def overdue_candidates(rule: Rule, invoices: Iterable[Snapshot], *, today: date)
     out = []
     for snap in invoices:
         doc = snap.payload
-        due = _day(doc.get("DocDueDate"))
+        due = parse_day(doc.get("DocDueDate"))
         if doc.get("DocumentStatus") != "bost_Open" or _cancelled(doc) or due is None:
             continue
         days = (today - due).days
@@ -121,12 +125,14 @@ def payment_candidates(rule: Rule, payments: Iterable[Snapshot], *, since: date,
         doc = snap.payload
         if _cancelled(doc) or doc.get("DocType", "rCustomer") != "rCustomer" or not _is_recent(doc, since):
             continue
-        amount = round(sum(_num(doc.get(k)) for k in ("CashSum", "TransferSum", "CheckSum", "CreditSum")), 2)
+        amount = round(_num(doc.get("CashSum")) + _num(doc.get("TransferSum"))
+                       + sum(_num(line.get("CheckSum")) for line in doc.get("PaymentChecks") or [])
+                       + sum(_num(line.get("CreditSum")) for line in doc.get("PaymentCreditCards") or []), 2)
         if amount < (rule.min_amount or 0):
             continue
         paid = [str(invoice_numbers.get(str(line.get("DocEntry")), line.get("DocEntry")))
                 for line in doc.get("PaymentInvoices") or []]
-        day = _day(doc.get("DocDate"))
+        day = parse_day(doc.get("DocDate"))
         fields = {
             "DocEntry": doc.get("DocEntry"), "DocNum": doc.get("DocNum"),
             "DocDate": day.isoformat() if day else "", "CardCode": doc.get("CardCode"),
@@ -167,7 +173,7 @@ def purchase_order_candidates(rule: Rule, orders: Iterable[Snapshot], *, since: 
     out = []
     for snap in orders:
         doc = snap.payload
-        updated = _day(doc.get("UpdateDate")) or _day(doc.get("DocDate"))
+        updated = parse_day(doc.get("UpdateDate")) or parse_day(doc.get("DocDate"))
         if updated is None or updated < since:
             continue
         change = describe_change(snap.previous, doc)

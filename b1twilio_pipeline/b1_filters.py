@@ -24,9 +24,10 @@ PURCHASE_ORDER_FIELDS: tuple[str, ...] = (*DOCUMENT_FIELDS, "DocumentLines")
 
 PAYMENT_FIELDS: tuple[str, ...] = (
     "DocEntry", "DocNum", "DocType", "DocDate", "DueDate", "CardCode", "CardName", "DocCurrency", "CashSum",
-    "TransferSum", "TransferDate", "Cancelled", "PaymentInvoices",
+    "TransferSum", "TransferDate", "Cancelled", "PaymentInvoices", "PaymentChecks", "PaymentCreditCards",
 )
-"""IncomingPayments have no UpdateDate/UpdateTime: poll them by DocDate (see `date_window_filter`)."""
+"""IncomingPayments have no UpdateDate/UpdateTime: poll them by DocDate (see `date_window_filter`). Cheques
+and card payments are lines of `PaymentChecks` (CheckSum) and `PaymentCreditCards` (CreditSum)."""
 
 ITEM_FIELDS: tuple[str, ...] = (
     "ItemCode", "ItemName", "QuantityOnStock", "QuantityOrderedFromVendors", "QuantityOrderedByCustomers",

@@ -7,7 +7,7 @@ from datetime import date, datetime
 import dagster as dg
 import pandas as pd
 
-from b1twilio_pipeline.alert_rules import open_amount
+from b1twilio_pipeline.alert_rules import open_amount, parse_day
 from b1twilio_pipeline.assets.alerts import ALERTS_GROUP
 from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME, OPEN_INVOICES_KEY, snapshot_key
 from b1twilio_pipeline.markdown import markdown_table
@@ -24,10 +24,10 @@ def aging_frame(invoices: Iterable[Snapshot], today: date) -> pd.DataFrame:
     rows = []
     for snap in invoices:
         doc = snap.payload
-        due = str(doc.get("DocDueDate") or "")[:10]
-        if doc.get("DocumentStatus") != "bost_Open" or doc.get("Cancelled") == "tYES" or not due:
+        due = parse_day(doc.get("DocDueDate"))
+        if doc.get("DocumentStatus") != "bost_Open" or doc.get("Cancelled") == "tYES" or due is None:
             continue
-        days = (today - date.fromisoformat(due)).days
+        days = (today - due).days
         amount = open_amount(doc)
         if days > 0 and amount > 0.005:
             rows.append({"customer": doc.get("CardName") or doc.get("CardCode"), "currency": doc.get("DocCurrency"),

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from b1twilio_pipeline import b1_filters
-from b1twilio_pipeline.resources.sap_b1 import SapB1Resource, SapB1Session
+from b1twilio_pipeline import b1_filters, b1_records
+from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource, SapB1Session
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.store import UpsertCounts
 
@@ -77,8 +77,10 @@ def _counting(session: SapB1Session, work: Callable[[], UpsertCounts]) -> tuple[
 
 
 def build_snapshot_asset(spec: EntitySpec, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    key = snapshot_key(spec)
+
     @dg.asset(
-        key=snapshot_key(spec),
+        key=key,
         group_name=SNAPSHOT_GROUP,
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=96),
@@ -86,20 +88,23 @@ def build_snapshot_asset(spec: EntitySpec, partitions_def: dg.PartitionsDefiniti
         description=f"Incremental snapshot of B1 `{spec.entity}` keyed by `{spec.key}`: each window "
                     "re-reads what changed in it, with a one-minute overlap, and upserts.",
         retry_policy=B1_RETRY,
+        check_specs=[b1_records.check_spec(key)],
     )
     def _snapshot(context: dg.AssetExecutionContext, sap: SapB1Resource,
                   store: StoreResource) -> dg.MaterializeResult:
         window = context.partition_time_window  # also right for multi-partition backfill runs
         session = sap.session()
         query = spec.window_filter(window.start, window.end, sap.resolved_timezone())
+        quarantine = b1_records.Quarantine(spec.key)
         counts, requests = _counting(session, lambda: store.snapshots().upsert(
-            spec.entity, spec.key,
-            session.get_all(spec.entity, filter=query, select=spec.select, orderby=spec.key)))
+            spec.entity, spec.key, quarantine.screen(
+                session.get_all(spec.entity, filter=query, select=spec.select, orderby=spec.key))))
         context.log.info(f"{spec.entity} {window.start:%Y-%m-%d %H:%M}..{window.end:%H:%M}: "
-                         f"{counts.new} new, {counts.updated} updated, {counts.unchanged} unchanged")
+                         f"{counts.new} new, {counts.updated} updated, {counts.unchanged} unchanged, "
+                         f"{len(quarantine.rejected)} quarantined")
         return dg.MaterializeResult(metadata=_metadata(
             counts, requests, window_start=window.start.isoformat(), window_end=window.end.isoformat(),
-            b1_filter=query))
+            b1_filter=query, **quarantine.metadata()), check_results=[quarantine.check_result()])
 
     return _snapshot
 
@@ -111,10 +116,18 @@ STOCK_LEVELS_KEY = dg.AssetKey(["b1", "stock_levels_state"])
 STATE_GROUP = "b1_state"
 
 
-def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Invoices we hold as open that B1 no longer lists as open: read each once to learn its state."""
+def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, ...],
+                    vanished: list[str]) -> Iterator[dict[str, Any]]:
+    """Invoices we hold as open that B1 no longer lists as open: read each once to learn its state. One
+    that B1 answers 404 for (deleted, or a company database restored from a backup) goes to `vanished`."""
     for key in keys:
-        row = session.get(f"Invoices({key})", params={"$select": ",".join(select)})
+        try:
+            row = session.get(f"Invoices({key})", params={"$select": ",".join(select)})
+        except SapB1Error as error:
+            if error.status != 404:
+                raise
+            vanished.append(key)
+            continue
         if isinstance(row, dict):
             yield {k: v for k, v in row.items() if not k.startswith(("odata.", "@odata."))}
 
@@ -126,28 +139,32 @@ def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, .
     description="Full refresh of every open sales invoice (`DocumentStatus eq 'bost_Open'`): overdue is "
                 "a state, and an invoice becomes overdue with no change in B1.",
     retry_policy=B1_RETRY,
+    check_specs=[b1_records.check_spec(OPEN_INVOICES_KEY)],
 )
 def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
                         store: StoreResource) -> dg.MaterializeResult:
     session = sap.session()
     spec = ENTITY_BY_NAME["sales_invoices"]
     snapshots = store.snapshots()
-    known_open = {s.key for s in snapshots.iter_entity(spec.entity)
-                  if s.payload.get("DocumentStatus") == "bost_Open"}
+    known_open = snapshots.open_keys(spec.entity)
     seen: set[str] = set()
+    quarantine = b1_records.Quarantine(spec.key)
 
     def rows() -> Iterator[dict[str, Any]]:
-        for row in session.get_all(spec.entity, filter="DocumentStatus eq 'bost_Open'", select=spec.select,
-                                   orderby=spec.key):
+        for row in quarantine.screen(session.get_all(spec.entity, filter="DocumentStatus eq 'bost_Open'",
+                                                     select=spec.select, orderby=spec.key)):
             seen.add(str(row[spec.key]))
             yield row
 
     counts, requests = _counting(session, lambda: snapshots.upsert(spec.entity, spec.key, rows()))
     gone = sorted(known_open - seen)
+    vanished: list[str] = []
     closed, closed_requests = _counting(session, lambda: snapshots.upsert(
-        spec.entity, spec.key, _refetch_closed(session, gone, spec.select)))
+        spec.entity, spec.key, quarantine.screen(_refetch_closed(session, gone, spec.select, vanished))))
+    snapshots.close_vanished(spec.entity, vanished)
     return dg.MaterializeResult(metadata=_metadata(
-        counts, requests + closed_requests, open_invoices=len(seen), closed_since_last_refresh=closed.updated))
+        counts, requests + closed_requests, open_invoices=len(seen), closed_since_last_refresh=closed.updated,
+        vanished_from_b1=len(vanished), **quarantine.metadata()), check_results=[quarantine.check_result()])
 
 
 @dg.asset(
@@ -157,15 +174,18 @@ def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
     description="Full refresh of stock levels of every inventory item: stock moves do not always touch "
                 "the item's UpdateDate, and reorder alerts are about the current level.",
     retry_policy=B1_RETRY,
+    check_specs=[b1_records.check_spec(STOCK_LEVELS_KEY)],
 )
 def stock_levels_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
                        store: StoreResource) -> dg.MaterializeResult:
     session = sap.session()
     spec = ENTITY_BY_NAME["item_stock"]
+    quarantine = b1_records.Quarantine(spec.key)
     counts, requests = _counting(session, lambda: store.snapshots().upsert(
-        spec.entity, spec.key,
-        session.get_all(spec.entity, filter="InventoryItem eq 'tYES'", select=spec.select, orderby=spec.key)))
-    return dg.MaterializeResult(metadata=_metadata(counts, requests))
+        spec.entity, spec.key, quarantine.screen(session.get_all(
+            spec.entity, filter="InventoryItem eq 'tYES'", select=spec.select, orderby=spec.key))))
+    return dg.MaterializeResult(metadata=_metadata(counts, requests, **quarantine.metadata()),
+                                check_results=[quarantine.check_result()])
 
 
 STATE_ASSETS = (open_invoices_state, stock_levels_state)

@@ -529,7 +529,8 @@ class SapB1Simulator(SimulatorHTTPServer):
             rows = [{"LineNum": n, "InvoiceType": "it_Invoice", **row}
                     for n, row in enumerate(record["PaymentInvoices"])]
             record["PaymentInvoices"] = rows
-            if creating and not fields.get("CashSum") and not fields.get("TransferSum"):
+            paid_otherwise = ("CashSum", "TransferSum", "PaymentChecks", "PaymentCreditCards")
+            if creating and not any(fields.get(name) for name in paid_otherwise):
                 record["TransferSum"] = round(sum(float(row.get("SumApplied", 0)) for row in rows), 2)
 
     def _apply_payment(self, payment: dict) -> None:
@@ -576,6 +577,27 @@ class SapB1Simulator(SimulatorHTTPServer):
                 "ItemWarehouseInfoCollection": rows,
                 "QuantityOnStock": float(sum(float(row["InStock"]) for row in rows)),
             })
+
+    def corrupt_record(self, entity: str, key: Any, fields: dict[str, Any]) -> dict:
+        """Store raw values as they are, unchecked (what a broken add-on or a bad import leaves behind:
+        `{"DocDueDate": "31/12/2026"}`, `{"DocEntry": null}`), and restamp the record so a poll reads it."""
+        with self.lock:
+            record = self.data[self._spec(entity).name].get(key)
+            if record is None:
+                raise KeyError(f"{entity}({key!r}) does not exist")
+            today, now_time = self._now_parts()
+            if "UpdateDate" in record:
+                record.update(UpdateDate=today.isoformat(), UpdateTime=now_time)
+            record.update(fields)
+            self._touch()
+            return json.loads(json.dumps(record))
+
+    def delete_record(self, entity: str, key: Any) -> None:
+        """Remove a record (a deleted draft, or a company database restored from an older backup)."""
+        with self.lock:
+            if self.data[self._spec(entity).name].pop(key, None) is None:
+                raise KeyError(f"{entity}({key!r}) does not exist")
+            self._touch()
 
     def generate_invoices(self, count: int, entity: str = "Invoices", seed: int = 7) -> dict[str, int]:
         """Add `count` plausible documents fast (benchmarks: 100,000 in seconds)."""
@@ -1069,6 +1091,11 @@ class SapB1Handler(SimulatorHandler):
         if head == "documents" and len(parts) == 3 and method == "PATCH":
             key: Any = int(parts[2]) if parts[1] != "Items" else parts[2]
             return sim.update_document(parts[1], key, values)
+        if head == "documents" and len(parts) == 3 and method == "DELETE":
+            sim.delete_record(parts[1], int(parts[2]) if parts[1] != "Items" else parts[2])
+            return {"deleted": True}
+        if head == "corrupt" and len(parts) == 3 and method == "POST":
+            return sim.corrupt_record(parts[1], int(parts[2]) if parts[1] != "Items" else parts[2], values)
         if head == "documents" and len(parts) == 3 and method == "GET":
             key = int(parts[2]) if parts[1] != "Items" else parts[2]
             record = sim.get_record(parts[1], key)
@@ -1109,7 +1136,8 @@ class SapB1Handler(SimulatorHandler):
 ADMIN_ENDPOINTS = [
     "GET /_admin/info",
     "POST /_admin/documents/{Entity}[?apply_payment=false] {fields}",
-    "GET|PATCH /_admin/documents/{Entity}/{key}",
+    "GET|PATCH|DELETE /_admin/documents/{Entity}/{key}",
+    "POST /_admin/corrupt/{Entity}/{key} {raw fields, unchecked}",
     "POST /_admin/stock {item_code, warehouse, in_stock}",
     "GET|POST /_admin/clock {advance_s}",
     "POST /_admin/expire_sessions",

@@ -36,6 +36,7 @@ PAYMENT_FIELDS: FieldTypes = {
     "DocEntry": "int", "DocNum": "int", "DocType": "str", "DocDate": "date", "DueDate": "date",
     "CardCode": "str", "CardName": "str", "DocCurrency": "str", "CashSum": "float", "TransferSum": "float",
     "TransferDate": "date", "Cancelled": "str", "Remarks": "str", "PaymentInvoices": "coll",
+    "PaymentChecks": "coll", "PaymentCreditCards": "coll",
 }
 
 ITEM_FIELDS: FieldTypes = {
@@ -125,7 +126,7 @@ def payment_defaults(doc_entry: int, doc_num: int, today: date) -> dict:
         "DocEntry": doc_entry, "DocNum": doc_num, "DocType": "rCustomer", "DocDate": iso(today),
         "DueDate": iso(today), "CardCode": card_code, "CardName": PARTNERS[card_code], "DocCurrency": "$",
         "CashSum": 0.0, "TransferSum": 0.0, "TransferDate": iso(today), "Cancelled": "tNO", "Remarks": None,
-        "PaymentInvoices": [],
+        "PaymentInvoices": [], "PaymentChecks": [], "PaymentCreditCards": [],
     }
 
 
