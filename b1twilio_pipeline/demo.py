@@ -166,7 +166,8 @@ class DemoPaths:
                                 f"(no {MARKER}); choose another --data-dir")
             shutil.rmtree(self.root)
         for folder in (self.root, self.dagster_home, self.log.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)  # the store, logs and demo.env carry customer names, amounts and credentials
         (self.root / MARKER).touch()
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
         self.workspace.write_text(WORKSPACE_YAML)

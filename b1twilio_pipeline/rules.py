@@ -15,6 +15,7 @@ fields as a dict to `Rule.render`.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -166,6 +167,9 @@ _KIND_PARAMS: dict[str, tuple[str, ...]] = {
     "items": ("stock_below_reorder",),
 }
 _TOP_KEYS = ("timezone", "recipients", "rules")
+MAX_AMOUNT = 1e12  # far above any real threshold, far below where float arithmetic stops being exact
+MAX_DAYS = 36500
+MAX_FORMAT_WIDTH = 200  # a template's width/precision; a huge one would exhaust memory rendering it
 _PERSON_KEYS = ("name", "phone", "phone_ref", "timezone")
 _ESCALATION_KEYS = ("to_voice_after_failed_sms", "next_recipient")
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -691,6 +695,12 @@ class _Parser:
                     f"{', '.join(provided)})",
                 )
             sample = _SAMPLE_VALUES[name]
+            too_wide = [int(n) for n in re.findall(r"\d+", spec) if int(n) > MAX_FORMAT_WIDTH]
+            if too_wide:
+                raise self.fail(
+                    where, "template", f"'{{{name}:{spec}}}': width or precision {too_wide[0]} is too large "
+                    f"(at most {MAX_FORMAT_WIDTH})",
+                )
             if "{" in spec:
                 continue  # nested spec: checked by the whole-template render below
             try:
@@ -749,15 +759,16 @@ class _Parser:
     def amount(self, value: Any, where: str) -> float | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise self.fail(where, "min_amount", f"must be a number >= 0, got '{value}'")
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or not 0 <= value <= MAX_AMOUNT):
+            raise self.fail(where, "min_amount", f"must be a number from 0 to {MAX_AMOUNT:,.0f}, got '{value}'")
         return float(value)
 
     def days(self, value: Any, where: str, field_name: str) -> int | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail(where, field_name, "must be a whole number of days >= 1")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DAYS:
+            raise self.fail(where, field_name, f"must be a whole number of days from 1 to {MAX_DAYS}, got '{value}'")
         return value
 
     def codes(self, value: Any, where: str, field_name: str, what: str) -> tuple[str, ...] | None:

@@ -333,14 +333,18 @@ class SecretsStore:
 
 
 def read_secret(name: str) -> str | None:
-    """Value of setting `name` from the encrypted store, or None when there is no store file, no key, or
-    no such name. A wrong key or a modified file raises SecretsStoreError (a ConfigurationError)."""
+    """Value of setting `name` from the encrypted store, or None when there is no store file or no such
+    name. A store file without a key to open it, a wrong key or a modified file raise SecretsStoreError
+    (a ConfigurationError): silently skipping the store would run a service on defaults (another
+    database, say) while the operator's settings sit unread."""
     path = store_path()
     if not path.is_file():
         return None
     key = configured_key()
     if key is None:
-        return None
+        raise SecretsStoreError(
+            f"{path} holds settings but no key opens it here: export {KEY_ENV} in this service's environment "
+            f"(or keep the key in the OS keyring), or point {FILE_ENV} elsewhere")
     return SecretsStore(path, key[0]).get(name)
 
 

@@ -1,5 +1,16 @@
 """Shared fixtures: each area keeps its own fixture module, re-exported here."""
 
+from pathlib import Path
+
+import pytest
+
 from b1twilio_pipeline_tests.fixtures_pipeline import *  # noqa: F403
 from b1twilio_pipeline_tests.fixtures_sap import *  # noqa: F403
 from b1twilio_pipeline_tests.fixtures_twilio import *  # noqa: F403
+
+
+@pytest.fixture(autouse=True)
+def no_personal_secrets_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own encrypted store (~/.config/b1twilio) never reaches a test: every test starts with
+    a store path that does not exist (tests of the store set their own)."""
+    monkeypatch.setenv("B1TWILIO_SECRETS_FILE", str(Path(tmp_path_factory.mktemp("secrets")) / "none.enc"))

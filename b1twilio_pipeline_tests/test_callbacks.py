@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -300,3 +301,31 @@ def test_cli_without_auth_token_says_what_to_set(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "TWILIO_AUTH_TOKEN" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_oversized_chunked_body_is_refused_while_it_streams() -> None:
+    """300 MiB sent chunked (no Content-Length) with a bad signature: refused after the first chunks,
+    never read into memory whole."""
+    app = create_app(auth_token=TOKEN, public_url=PUBLIC_URL, sink=FakeLedger())
+    chunk = b"x" * 65536
+    total_chunks = 300 * 16
+    pulled = 0
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled < total_chunks}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/twilio/status", "raw_path": b"/twilio/status",
+             "query_string": b"", "headers": [(b"x-twilio-signature", b"forged"),
+                                               (b"transfer-encoding", b"chunked")],
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000), "root_path": "",
+             "http_version": "1.1", "asgi": {"version": "3.0"}}
+    asyncio.run(app(scope, receive, send))
+
+    assert sent[0]["status"] == 413
+    assert pulled <= 2  # 64 KiB is the limit: the second chunk already crosses it

@@ -254,3 +254,11 @@ def test_usage_errors_and_help(cli: Cli) -> None:
         timeout=60, cwd=REPO, env=cli.env,
     )  # fmt: skip
     assert as_module.returncode == 0 and "no secrets stored yet" in as_module.stdout
+
+
+def test_the_demo_data_folder_is_private(tmp_path: Path) -> None:
+    from b1twilio_pipeline.demo import DemoPaths
+
+    paths = DemoPaths(tmp_path / ".demo")
+    paths.prepare(fresh=False)
+    assert paths.root.stat().st_mode & 0o777 == 0o700

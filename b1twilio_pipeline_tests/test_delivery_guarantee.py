@@ -236,3 +236,20 @@ def test_receipts_are_polled_oldest_poll_first_and_not_forever(pipeline: Pipelin
     polls_before = len(pipeline.twilio.api_requests())
     pipeline.deliveries()
     assert len(pipeline.twilio.api_requests()) == polls_before
+
+
+def test_quiet_hours_that_began_while_the_run_waited_hold_the_message(pipeline: Pipeline) -> None:
+    _supplier_invoice(pipeline)
+    pipeline.poll()
+    pipeline.evaluate()  # planned for now: the rule has no quiet hours yet
+    now = utcnow()
+    quiet = f'quiet_hours: {{start: "{now - timedelta(hours=1):%H:%M}", end: "{now + timedelta(hours=1):%H:%M}"}}'
+    pipeline.rules_file.write_text(TEST_RULES.replace(
+        "    recipients: [ap_team]\n", f"    recipients: [ap_team]\n    {quiet}\n", 1))
+
+    pipeline.notify()  # the run starts inside the quiet hours that began after planning
+
+    assert pipeline.twilio.messages() == []
+    held = pipeline.store.ledger().due(now + timedelta(hours=2))
+    assert len(held) == 2 and all(n.failures == 0 and n.next_attempt_at > now + timedelta(minutes=50)
+                                  for n in held)

@@ -213,7 +213,47 @@ ERROR_CASES = [
           days_overdue: 0
           recipients: [credit_control]
         """),
-        ["rule 'overdue-30': field 'days_overdue': must be a whole number of days >= 1"],
+        ["rule 'overdue-30': field 'days_overdue': must be a whole number of days from 1 to 36500"],
+    ),
+    (
+        "days_overdue absurdly large",
+        rule_text("""\
+        - id: overdue-30
+          kind: payment_overdue
+          days_overdue: 100000000000000000000000
+          recipients: [credit_control]
+        """),
+        ["rule 'overdue-30': field 'days_overdue': must be a whole number of days from 1 to 36500"],
+    ),
+    (
+        "min_amount not a number",
+        rule_text("""\
+        - id: ap-new
+          kind: purchase_invoice_received
+          min_amount: .nan
+          recipients: [ap_team]
+        """),
+        ["rule 'ap-new': field 'min_amount': must be a number from 0 to", "got 'nan'"],
+    ),
+    (
+        "min_amount infinite",
+        rule_text("""\
+        - id: ap-new
+          kind: purchase_invoice_received
+          min_amount: .inf
+          recipients: [ap_team]
+        """),
+        ["rule 'ap-new': field 'min_amount'", "got 'inf'"],
+    ),
+    (
+        "template width that would exhaust memory",
+        rule_text("""\
+        - id: ap-new
+          kind: purchase_invoice_received
+          recipients: [ap_team]
+          template: "{DocNum:>99999999999}"
+        """),
+        ["rule 'ap-new': field 'template'", "width or precision 99999999999 is too large (at most 200)"],
     ),
     (
         "days_overdue missing",

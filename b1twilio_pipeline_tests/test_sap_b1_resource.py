@@ -185,6 +185,16 @@ def test_a_full_last_page_with_a_next_link_ends_at_the_empty_page(sap_sim_factor
     assert sim.count_requests("GET", "Invoices") == 3
 
 
+def test_a_next_link_to_another_origin_is_not_followed_with_the_session(sap_sim_factory) -> None:
+    elsewhere = sap_sim_factory(seed=False)  # another server that must never see our session cookie
+    sim = sap_sim_factory(seed=False)
+    sim.generate_invoices(40)
+    sim.next_link_base = elsewhere.base_url + "/"
+    with sap_session_for(sim, page_size=20) as session, pytest.raises(SapB1Error, match="not followed"):
+        list(session.get_all("Invoices", select="DocEntry"))
+    assert elsewhere.requests == []
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_v1_and_v2_envelopes_and_errors(sap_sim_factory, version) -> None:
     sim = sap_sim_factory(version=version)
@@ -306,5 +316,13 @@ def test_ca_bundle_trusts_a_self_signed_b1_server(tmp_path) -> None:
             untrusted.count("Items")
         assert untrusted.requests_made == 1  # a trust problem is not retried as if it were an outage
         untrusted.close()
+        # The CA is trusted but the URL names another host than the certificate: say that, not "set the
+        # bundle" (it is set).
+        wrong_host = SapB1Session(url.replace("127.0.0.1", "localhost"), "SBODEMOUS", "manager", "manager",
+                                  ca_bundle=str(cert_path), max_retries=0)
+        with pytest.raises(SapB1Unavailable, match=r"not valid for host 'localhost'.*use the host name") as caught:
+            wrong_host.count("Items")
+        assert "set B1_CA_BUNDLE" not in str(caught.value)
+        wrong_host.close()
     finally:
         sim.stop()

@@ -13,6 +13,7 @@ from keyring.backend import KeyringBackend
 from keyring.errors import KeyringError
 
 from b1twilio_pipeline import secrets_store
+from b1twilio_pipeline.database import database_url
 from b1twilio_pipeline.secrets_store import SecretsStore, SecretsStoreError, generate_key, read_secret
 from b1twilio_pipeline.settings import ConfigurationError, require_setting, setting
 
@@ -135,7 +136,9 @@ def test_read_secret_none_without_file_key_or_name(store_env: Path, monkeypatch:
     assert read_secret("B1_PASSWORD") == "pw"
     assert read_secret("B1_USERNAME") is None  # not stored
     monkeypatch.delenv("B1TWILIO_SECRET_KEY")
-    assert read_secret("B1_PASSWORD") is None  # no key anywhere
+    with pytest.raises(SecretsStoreError, match="holds settings but no key opens it here: export "
+                                                "B1TWILIO_SECRET_KEY"):
+        read_secret("B1_PASSWORD")  # a store nobody can open is an error, not "no settings"
 
 
 def test_key_from_keyring_when_env_unset(store_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +158,17 @@ def test_failing_keyring_means_no_key(store_env: Path) -> None:
     keyring.set_keyring(BrokenKeyring())
     secrets_store.clear_cache()
     assert secrets_store.configured_key() is None
-    assert read_secret("B1_COMPANY_DB") is None
+    with pytest.raises(SecretsStoreError, match="no key opens it"):
+        read_secret("B1_COMPANY_DB")
+
+
+def test_a_store_without_its_key_stops_settings_instead_of_falling_back(store_env: Path) -> None:
+    """A worker started without the key used to run on the SQLite default while the receiver, with the key,
+    wrote to PostgreSQL: two ledgers. Now the worker refuses to start, saying why."""
+    key = generate_key()
+    SecretsStore(store_env, key).set("B1TWILIO_DATABASE_URL", "postgresql://b1twilio@db/b1twilio")
+    with pytest.raises(SecretsStoreError, match="export B1TWILIO_SECRET_KEY"):
+        database_url()
 
 
 def test_settings_env_over_store_over_default(store_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

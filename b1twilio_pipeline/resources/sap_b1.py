@@ -100,6 +100,7 @@ class SapB1Session:
         self.backoff_max_s = backoff_max_s
         self.renew_on_5002 = renew_on_5002
         self.timezone = _check_timezone(timezone)
+        self.ca_bundle = ca_bundle
         self.session_timeout_min: int | None = None
         self._log = logger or logging.getLogger(__name__)
         self._client = httpx.Client(timeout=timeout_s, verify=_verify(ca_bundle))
@@ -150,6 +151,10 @@ class SapB1Session:
                 raise SapB1Error(f"SAP B1 GET {entity}: the server repeated next link {link!r}")
             seen_links.add(link)
             url, query = urljoin(self.base_url + "/", link), None
+            if _origin(url) != _origin(self.base_url):  # the session cookie must never leave for elsewhere
+                raise SapB1Error(f"SAP B1 GET {entity}: the next link points to {_origin(url)}, not to the "
+                                 f"Service Layer at {_origin(self.base_url)}: not followed (check the proxy or "
+                                 "load balancer in front of B1)")
 
     def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         """One GET: the decoded JSON, or the text of a plain-text answer (`Entity/$count`)."""
@@ -304,9 +309,7 @@ class SapB1Session:
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {_one_line(str(exc)) or 'connection failed'}"
                 if "CERTIFICATE_VERIFY_FAILED" in last:  # configuration, not an outage: retrying cannot help
-                    raise SapB1Unavailable(
-                        f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted "
-                        f"({last}); set B1_CA_BUNDLE to the PEM CA bundle of the B1 server") from None
+                    raise SapB1Unavailable(self._tls_advice(last)) from None
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -322,6 +325,18 @@ class SapB1Session:
             self._log.warning(self._redact(
                 f"SAP B1 {method} {_path(url)} attempt {attempt} failed ({last}); retrying in {delay:.2f}s"))
             time.sleep(delay)
+
+    def _tls_advice(self, detail: str) -> str:
+        """What to fix when the server's certificate is refused: the host name, or the trust."""
+        host = urlsplit(self.base_url).hostname
+        if "mismatch" in detail.lower() or "not valid for" in detail.lower():
+            return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not valid for host "
+                    f"'{host}' ({detail}); use the host name the certificate names in B1_SERVICE_LAYER_URL")
+        if self.ca_bundle:
+            return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted by B1_CA_BUNDLE "
+                    f"{self.ca_bundle} ({detail}); put the CA that signed the B1 server's certificate in that file")
+        return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted ({detail}); "
+                "set B1_CA_BUNDLE to the PEM CA bundle of the B1 server")
 
     def _error(self, method: str, url: str, response: httpx.Response, note: str = "") -> SapB1Error:
         code, message = parse_b1_error(response)
@@ -343,6 +358,11 @@ class SapB1Session:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._password, "***") if len(self._password) >= 3 else text
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _path(url: str) -> str:

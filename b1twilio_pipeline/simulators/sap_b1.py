@@ -353,6 +353,9 @@ class SapB1Simulator(SimulatorHTTPServer):
         self.clock = SimClock(timezone, clock)
         self.timezone = timezone
         self.next_link_on_full_page = next_link_on_full_page
+        # A misconfigured proxy in front of B1 can hand out absolute next links to another host: this
+        # prefix makes the simulator do the same (the client must not follow them with its session).
+        self.next_link_base = ""
         self.login_latency_s = login_latency_s
         self.reject_parallel_logins = reject_parallel_logins
         self.route_id = route_id
@@ -964,7 +967,7 @@ class SapB1Handler(SimulatorHandler):
             payload["odata.count" if v1 else "@odata.count"] = extras["count"]
         payload["value"] = page
         if "next" in extras:
-            payload["odata.nextLink" if v1 else "@odata.nextLink"] = extras["next"]
+            payload["odata.nextLink" if v1 else "@odata.nextLink"] = sim.next_link_base + extras["next"]
         headers = [("Preference-Applied", f"odata.maxpagesize={page_size}")] if applied else []
         self.send_b1(200, payload, headers=headers)
 
