@@ -8,7 +8,7 @@
     b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.audit)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.database)
-    b1twilio demo                                 (b1twilio_pipeline.demo)
+    b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
 Bad configuration or input is one `error: ...` line on stderr and exit status 2, never a traceback.
 """
@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from b1twilio_pipeline import demo, secrets_store
+from b1twilio_pipeline import secrets_store
 from b1twilio_pipeline.masking import mask_phone, mask_secret
 from b1twilio_pipeline.settings import ConfigurationError
 
@@ -31,6 +31,7 @@ from b1twilio_pipeline.settings import ConfigurationError
 DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.audit", "setup_audit_table_command"),
     "db upgrade": ("b1twilio_pipeline.database", "upgrade_command"),
+    "demo": ("b1twilio_sim.demo", "main"),
 }
 
 _NO_KEY = (
@@ -95,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "this at start too)")
     upgrade.add_argument("--database-url", help="SQLAlchemy URL (default: B1TWILIO_DATABASE_URL)")
     upgrade.set_defaults(handler=_delegate("db upgrade"))
-    demo_parser = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(handler=demo.main)
+    demo = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
+    demo.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
+    demo.add_argument("--data-dir", default=".demo",
+                      help="folder for the demo's Dagster instance, store and logs (default .demo)")
+    demo.add_argument("--fresh", action="store_true", help="wipe the data folder first")
+    demo.set_defaults(handler=_delegate("demo"))
     return parser
 
 
@@ -248,8 +252,14 @@ def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
     module_name, function_name = DELEGATED[command]
 
     def run(args: argparse.Namespace) -> int:
-        function = getattr(importlib.import_module(module_name), function_name)
-        return int(function(args) or 0)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if missing.name != "b1twilio_sim":
+                raise
+            raise ConfigurationError(f"`b1twilio {command}` needs the simulators, which this installation "
+                                     "lacks: install with `pip install 'b1twilio-pipeline[demo]'`") from None
+        return int(getattr(module, function_name)(args) or 0)
 
     return run
 

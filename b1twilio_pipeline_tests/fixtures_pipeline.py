@@ -27,9 +27,9 @@ from b1twilio_pipeline.resources.rules import RulesResource
 from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.resources.twilio import TwilioResource
-from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
-from b1twilio_pipeline.simulators.twilio import TwilioSimulator
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
+from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
+from b1twilio_sim.twilio import TwilioSimulator
 
 POSTGRES = os.environ.get("B1TWILIO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from b1twilio_pipeline.resources.twilio import TwilioResource
-from b1twilio_pipeline.simulators.twilio import TwilioSimulator
+from b1twilio_sim.twilio import TwilioSimulator
 
 SIM_FROM_NUMBER = "+15005550006"
 

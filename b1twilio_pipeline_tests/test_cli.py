@@ -257,8 +257,17 @@ def test_usage_errors_and_help(cli: Cli) -> None:
 
 
 def test_the_demo_data_folder_is_private(tmp_path: Path) -> None:
-    from b1twilio_pipeline.demo import DemoPaths
+    from b1twilio_sim.demo import DemoPaths
 
     paths = DemoPaths(tmp_path / ".demo")
     paths.prepare(fresh=False)
     assert paths.root.stat().st_mode & 0o777 == 0o700
+
+
+def test_operator_commands_do_not_load_the_simulators() -> None:
+    """`b1twilio secrets ...` and `check-config` import only what they need: never the simulators."""
+    code = ("import sys; from b1twilio_pipeline.cli import main; main(['check-config']); "
+            "print(sorted(m for m in sys.modules if m.startswith('b1twilio_sim')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from b1twilio_pipeline.demo import RULES_FILE
 from b1twilio_pipeline.rules import load_rules
+from b1twilio_sim.demo import RULES_FILE
 
 pytestmark = pytest.mark.browser
 

@@ -298,7 +298,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_ca_bundle_trusts_a_self_signed_b1_server(tmp_path) -> None:
-    from b1twilio_pipeline.simulators.sap_b1 import SapB1Simulator
+    from b1twilio_sim.sap_b1 import SapB1Simulator
 
     cert_path, key_path = _self_signed(tmp_path)
     sim = SapB1Simulator()

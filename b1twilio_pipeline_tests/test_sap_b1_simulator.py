@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from b1twilio_pipeline.simulators.sap_b1 import SapB1Simulator
+from b1twilio_sim.sap_b1 import SapB1Simulator
 
 CREDENTIALS = {"CompanyDB": "SBODEMOUS", "UserName": "manager", "Password": "manager"}
 FROZEN = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
@@ -363,7 +363,7 @@ def test_command_line_prints_listening_line_and_only_demo_passwords() -> None:
     env = {**os.environ, "B1_PASSWORD": "s3cret-from-env"}
     env.pop("B1_COMPANY_DB", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "b1twilio_pipeline.simulators.sap_b1", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "b1twilio_sim.sap_b1", "--host", "127.0.0.1", "--port", "0",
          "--version", "v2", "--no-seed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         assert process.stdout is not None and process.stderr is not None

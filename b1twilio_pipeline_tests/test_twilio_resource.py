@@ -25,8 +25,8 @@ from b1twilio_pipeline.resources.twilio import (
     TwilioSendError,
 )
 from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.simulators.twilio import TwilioSimulator
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
+from b1twilio_sim.twilio import TwilioSimulator
 
 TO = "+4915112345678"
 SM_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")

@@ -18,8 +18,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from b1twilio_pipeline.simulators.twilio import DEMO_AUTH_TOKEN, TwilioSimulator
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
+from b1twilio_sim.twilio import DEMO_AUTH_TOKEN, TwilioSimulator
 
 SPEC = Path("/work/shared/reference/twilio_api_v2010.json")
 TO = "+15558675310"
@@ -303,7 +303,7 @@ def test_admin_http_api(twilio_sim: TwilioSimulator) -> None:
 
 
 def _start_cli(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen([sys.executable, "-m", "b1twilio_pipeline.simulators.twilio", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "b1twilio_sim.twilio", "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     line = process.stdout.readline().strip()

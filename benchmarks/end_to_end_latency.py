@@ -101,8 +101,8 @@ def run(b1_latency_s: float = DEFAULT_B1_LATENCY_S, twilio_latency_s: float = DE
     from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
     from b1twilio_pipeline.resources.store import StoreResource
     from b1twilio_pipeline.resources.twilio import TwilioResource
-    from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
-    from b1twilio_pipeline.simulators.twilio import TwilioSimulator
+    from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
+    from b1twilio_sim.twilio import TwilioSimulator
 
     with contextlib.ExitStack() as cleanup:
         tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="b1tw-bench-e2e-"))

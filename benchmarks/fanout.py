@@ -32,17 +32,17 @@ def _items(n: int) -> list[tuple[str, str, str]]:
 
 
 class SimulatorProcess:
-    """The Twilio simulator in its own process (`python -m b1twilio_pipeline.simulators.twilio --port 0`),
+    """The Twilio simulator in its own process (`python -m b1twilio_sim.twilio --port 0`),
     driven through its admin API, so the client under test does not share a CPU or GIL with the fake Twilio."""
 
     def __init__(self) -> None:
-        from b1twilio_pipeline.simulators.twilio import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN
+        from b1twilio_sim.twilio import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN
 
         self.account_sid, self.auth_token = DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN
         env = {**os.environ, "TWILIO_ACCOUNT_SID": DEMO_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEMO_AUTH_TOKEN}
         env.pop("TWILIO_API_KEY", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "b1twilio_pipeline.simulators.twilio", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "b1twilio_sim.twilio", "--host", "127.0.0.1", "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()

@@ -57,8 +57,8 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) 
     from b1twilio_pipeline.assets.snapshots import ENTITIES
     from b1twilio_pipeline.database import engine_for
     from b1twilio_pipeline.resources.sap_b1 import SapB1Session
-    from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
     from b1twilio_pipeline.store import SnapshotStore
+    from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 
     sim = SapB1Simulator(port=0, seed=True).start_background()  # started first: stop() needs a server loop
     tmp = tempfile.TemporaryDirectory(prefix="b1tw-bench-poll-")

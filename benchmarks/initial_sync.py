@@ -160,7 +160,7 @@ def measure_variant(variant: str, invoices: int, latency_s: float, workdir: Path
                     page_size: int = OPTIMIZED_PAGE_SIZE) -> dict[str, Any]:
     """A fresh simulator with `invoices` generated invoices, one worker process syncing them, and what
     the simulator saw (requests by resource)."""
-    from b1twilio_pipeline.simulators.sap_b1 import DEMO_PASSWORD, SapB1Simulator
+    from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 
     sim = SapB1Simulator(port=0, seed=False).start_background()  # started first: stop() needs a server loop
     try:

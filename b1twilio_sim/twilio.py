@@ -5,7 +5,7 @@ production code paths are what the tests exercise. Lifecycles, status callbacks 
 failure rules, opt-outs, a concurrency limit answering 429 and latency are controlled through an admin
 API: Python methods on `TwilioSimulator`, and the same operations as JSON under `/_admin/...`.
 
-Run: `python -m b1twilio_pipeline.simulators.twilio --host 127.0.0.1 --port 0`.
+Run: `python -m b1twilio_sim.twilio --host 127.0.0.1 --port 0`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from b1twilio_pipeline.simulators._http import LoggedRequest, SimulatorHandler, SimulatorHTTPServer, run_cli
-from b1twilio_pipeline.simulators.twilio_state import (
+from b1twilio_sim._http import LoggedRequest, SimulatorHandler, SimulatorHTTPServer, run_cli
+from b1twilio_sim.twilio_state import (
     API_VERSION,
     E164,
     Record,

@@ -7,7 +7,7 @@ exercise the real client code paths. A simulated clock in the B1 server's time z
 UpdateTime; tests and the demo drive it (and inject faults) through an in-process admin API or the same
 admin API over HTTP under `/_admin/...`.
 
-Run: `python -m b1twilio_pipeline.simulators.sap_b1 --host 127.0.0.1 --port 0 [--version v1|v2]`.
+Run: `python -m b1twilio_sim.sap_b1 --host 127.0.0.1 --port 0 [--version v1|v2]`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from b1twilio_pipeline.simulators._http import LoggedRequest, SimulatorHandler, SimulatorHTTPServer, run_cli
-from b1twilio_pipeline.simulators.sap_b1_data import (
+from b1twilio_sim._http import LoggedRequest, SimulatorHandler, SimulatorHTTPServer, run_cli
+from b1twilio_sim.sap_b1_data import (
     DOC_NUM_START,
     ENTITIES,
     PARTNERS,

@@ -39,8 +39,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.simulators.sap_b1 import DEMO_COMPANY_DB, DEMO_USERNAME, SapB1Simulator
-from b1twilio_pipeline.simulators.twilio import TwilioSimulator
+from b1twilio_sim.sap_b1 import DEMO_COMPANY_DB, DEMO_USERNAME, SapB1Simulator
+from b1twilio_sim.twilio import TwilioSimulator
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
@@ -97,14 +97,6 @@ class DemoOptions:
     port: int
     data_dir: Path
     fresh: bool
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options, declared on cli.py's `demo` subcommand."""
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the Dagster UI (default 3000)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="folder for the demo's Dagster instance, store and logs (default .demo)")
-    parser.add_argument("--fresh", action="store_true", help="wipe the data folder first")
 
 
 def options_from(args: argparse.Namespace) -> DemoOptions:
@@ -489,5 +481,5 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `b1twilio demo` (cli.py declares the options with `add_arguments`)."""
+    """Entry point of `b1twilio demo` (cli.py declares its options, so other commands never import this)."""
     return run_demo(options_from(args))

@@ -1,1 +1,0 @@
-"""Loopback HTTP simulators of the SAP Business One Service Layer and Twilio's REST API."""
