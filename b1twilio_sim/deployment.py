@@ -1,0 +1,257 @@
+"""The pipeline deployed on loopback against the simulators: what the demo, the fault suite and the
+benchmarks all start.
+
+This process serves the SAP B1 simulator, the Twilio simulator and the status-callback receiver from
+threads (so they outlive anything the fault suite kills), and runs Dagster as a child in its own process
+group: `dagster dev` (webserver, daemon, code server) or `dagster-daemon run` alone. Its instance lives
+under the deployment's folder, on SQLite or on a PostgreSQL database; the PostgreSQL instance takes the
+production `dagster.yaml` of the repository (run queue, limits, monitoring) with only the storage replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from b1twilio_sim.sap_b1 import DEMO_COMPANY_DB, DEMO_USERNAME, SapB1Simulator
+from b1twilio_sim.twilio import TwilioSimulator
+
+HOST = "127.0.0.1"
+FROM_NUMBER = "+15005550006"  # Twilio's magic "valid sender" test number
+PRODUCTION_INSTANCE = Path(__file__).resolve().parents[1] / "dagster.yaml"
+# Settings a real deployment might have exported that would pull a deployment away from its simulators.
+FOREIGN_SETTINGS = (
+    "B1_CA_BUNDLE", "TWILIO_API_KEY", "TWILIO_API_SECRET", "TWILIO_MESSAGING_SERVICE_SID",
+    "TWILIO_VOICE_FROM_NUMBER", "TWILIO_REGION", "TWILIO_EDGE", "B1TWILIO_SECRET_KEY",
+    "B1TWILIO_WINDOW_MINUTES", "B1TWILIO_STATE_REFRESH_MINUTES", "B1TWILIO_CHANGE_CHECK_SECONDS",
+)
+
+SQLITE_INSTANCE = """\
+# Instance of a loopback deployment (written by b1twilio_sim): SQLite storage under this folder.
+# Production uses the PostgreSQL dagster.yaml at the repository root instead.
+telemetry:
+  enabled: false
+# Runs start the moment a sensor asks (no queue): the quick start should be quick. Production queues
+# them (see the repository's dagster.yaml).
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
+sensors:
+  use_threads: true
+  num_workers: 4
+"""
+
+WORKSPACE_YAML = """\
+load_from:
+  - python_module:
+      module_name: b1twilio_pipeline.definitions
+      location_name: b1twilio_pipeline
+"""
+
+
+def postgres_instance(url: str) -> str:
+    """The production instance configuration with its storage pointed at `url`."""
+    config = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
+    config["storage"] = {"postgres": {"postgres_url": url}}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Credentials:
+    company_db: str
+    username: str
+    password: str
+    account_sid: str
+    auth_token: str
+
+    @classmethod
+    def from_environment(cls) -> Credentials:
+        """The simulators take the pipeline's credential variables when they are set, else random ones."""
+        env = os.environ
+        return cls(
+            company_db=env.get("B1_COMPANY_DB") or DEMO_COMPANY_DB,
+            username=env.get("B1_USERNAME") or DEMO_USERNAME,
+            password=env.get("B1_PASSWORD") or "demo-" + secrets.token_hex(8),
+            account_sid=env.get("TWILIO_ACCOUNT_SID") or "AC" + secrets.token_hex(16),
+            auth_token=env.get("TWILIO_AUTH_TOKEN") or secrets.token_hex(16),
+        )
+
+
+@dataclass
+class Simulators:
+    """The B1 and Twilio simulators and the status-callback receiver, served from this process."""
+
+    sap: SapB1Simulator
+    twilio: TwilioSimulator
+    callback_url: str
+    stops: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for stop in reversed(self.stops):
+            with contextlib.suppress(Exception):
+                stop()
+
+
+def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
+                     status_delay_s: float = 1.0) -> Simulators:
+    from b1twilio_pipeline.callbacks import STATUS_PATH, create_app, start_background
+    from b1twilio_pipeline.database import engine_for
+    from b1twilio_pipeline.ledger import Ledger
+
+    sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
+                         password=creds.password, timezone=timezone, seed=seed).start_background()
+    twilio = TwilioSimulator(HOST, 0, account_sid=creds.account_sid, auth_token=creds.auth_token,
+                             status_delay_s=status_delay_s).start_background()
+    sims = Simulators(sap, twilio, "", [sap.stop, twilio.stop])
+    try:
+        # The receiver checks signatures against its public URL, so the port is chosen before it starts.
+        port = free_port()
+        callback_url = f"http://{HOST}:{port}{STATUS_PATH}"
+        app = create_app(auth_token=creds.auth_token, public_url=callback_url,
+                         sink=Ledger(engine_for(database_url)))
+        _url, stop_callbacks = start_background(app, HOST, port)
+    except BaseException:
+        sims.stop()
+        raise
+    sims.callback_url = callback_url
+    sims.stops.append(stop_callbacks)
+    return sims
+
+
+def pipeline_environment(creds: Credentials, sims: Simulators, *, dagster_home: Path, rules: Path,
+                         database_url: str, timezone: str, secrets_file: Path) -> dict[str, str]:
+    """The pipeline's settings, aimed at the simulators."""
+    return {
+        "DAGSTER_HOME": str(dagster_home),
+        "B1_SERVICE_LAYER_URL": sims.sap.base_url,
+        "B1_COMPANY_DB": creds.company_db,
+        "B1_USERNAME": creds.username,
+        "B1_PASSWORD": creds.password,
+        "B1_TIMEZONE": timezone,
+        "TWILIO_ACCOUNT_SID": creds.account_sid,
+        "TWILIO_AUTH_TOKEN": creds.auth_token,
+        "TWILIO_FROM_NUMBER": FROM_NUMBER,
+        "TWILIO_API_BASE_URL": sims.twilio.url,
+        "TWILIO_STATUS_CALLBACK_URL": sims.callback_url,
+        "B1TWILIO_CONFIG": str(rules),
+        "B1TWILIO_DATABASE_URL": database_url,
+        # No encrypted store: every setting above comes from the environment.
+        "B1TWILIO_SECRETS_FILE": str(secrets_file),
+    }
+
+
+def child_environment(pipeline_env: dict[str, str]) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in FOREIGN_SETTINGS}
+    env.update(pipeline_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class DagsterProcess:
+    """`dagster dev` (with `ui_port`) or `dagster-daemon run` in its own process group, output to `log`."""
+
+    def __init__(self, root: Path, env: dict[str, str], log: Path, *, ui_port: int | None) -> None:
+        self.root, self.env, self.log_path, self.ui_port = root, env, log, ui_port
+        workspace = root / "workspace.yaml"
+        workspace.write_text(WORKSPACE_YAML)
+        if ui_port is None:
+            self.command = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)]
+        else:
+            self.command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", HOST,
+                            "-p", str(ui_port)]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log.open("ab")
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.ui_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGINT (Dagster shuts its services down), then whatever is left in the group."""
+        group = self.process.pid
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout_s)
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            if not group_alive(group):
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            wait_group(group, grace)
+        self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: the daemon, the code server and every run worker."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        wait_group(self.process.pid, 5.0)
+
+    def restart(self) -> None:
+        """Start the same command again (after `kill` or `stop`)."""
+        self.process = self._spawn()
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_group(group: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def run_worker_pids(run_id: str | None = None) -> list[int]:
+    """Processes executing a Dagster run (`dagster api execute_run`), optionally only `run_id`'s."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "execute_run" in cmdline and (run_id is None or run_id in cmdline):
+            found.append(int(entry.name))
+    return found
