@@ -1,13 +1,23 @@
-"""Jobs, the polling schedule and the sensors that move work along the one-directional flow
-SAP -> snapshots -> alert candidates -> notifications -> delivery status -> SAP audit.
+"""What starts work, along the one-directional flow SAP -> snapshots -> alerts -> notifications -> delivery
+status -> SAP audit. Runs are launched for change, never for time alone:
 
-Sensor bodies never call SAP or Twilio (a sensor tick times out after 60 s): they read Dagster's event
-log or our own database and launch runs; the runs do the slow work. Everything defaults to RUNNING and
-can be switched off in the UI.
+- `b1_change_sensor` asks B1 a small question per watched entity (see `change_detection`) and requests a
+  run only for the windows that changed: their snapshots, every alert evaluation downstream and the
+  notification plan, in one run. A window that saw changes is read once more after it closes.
+- Declarative automation does the rest of the asset-to-asset work: the open-invoice and stock state is
+  refreshed on its cron (and at first start), and alerts follow their inputs when those were updated
+  outside a change run (a backfill, a refresh); overdue reminders are also re-evaluated after midnight,
+  when an invoice becomes overdue without any change in B1.
+- `notification_sensor` launches the notification run for whatever is due in the ledger;
+  `delivery_status_sensor` reconciles statuses and writes receipts while anything waits for one.
+
+Sensor bodies ask B1 only small, bounded questions and never send anything; the runs do the work.
+Everything defaults to RUNNING and can be switched off in the UI.
 """
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -15,16 +25,11 @@ import dagster as dg
 
 from b1twilio_pipeline.assets.alerts import ALERTS_GROUP
 from b1twilio_pipeline.assets.deliveries import AUDIT_KEY, DELIVERIES_KEY
-from b1twilio_pipeline.assets.snapshots import (
-    ENTITIES,
-    OPEN_INVOICES_KEY,
-    SNAPSHOT_GROUP,
-    STATE_GROUP,
-    STOCK_LEVELS_KEY,
-    snapshot_key,
-)
+from b1twilio_pipeline.assets.snapshots import SNAPSHOT_GROUP, STATE_GROUP, EntitySpec, snapshot_key
+from b1twilio_pipeline.change_detection import OVERLAP, Change, probe_new, probe_stamped
 from b1twilio_pipeline.notify import TAG_PREFIX, notify_job
-from b1twilio_pipeline.polling import PollingSettings
+from b1twilio_pipeline.polling import CALENDAR_CRON, PollingSettings
+from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.sql import utcnow
 
@@ -32,9 +37,15 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
+AC = dg.AutomationCondition
 MAX_BATCH = 1000  # notifications per notification run
-STATE_KEYS = (OPEN_INVOICES_KEY, STOCK_LEVELS_KEY)
-SNAPSHOT_KEYS = (*(snapshot_key(spec) for spec in ENTITIES), *STATE_KEYS)
+KIND = f"{TAG_PREFIX}/kind"
+WINDOW = f"{TAG_PREFIX}/window"
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+# A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
+STALE_RUN = timedelta(minutes=10)
+RETRY_BUCKET_S = 300  # a change whose run failed is asked for again after at most this long
 
 state_refresh_job = dg.define_asset_job(
     "state_refresh_job", selection=dg.AssetSelection.groups(STATE_GROUP),
@@ -44,117 +55,151 @@ alerts_job = dg.define_asset_job(
     description="Evaluate every rule over the snapshots and plan notifications for new alerts.")
 delivery_job = dg.define_asset_job(
     "delivery_job", selection=dg.AssetSelection.assets(DELIVERIES_KEY, AUDIT_KEY),
-    description="Reconcile delivery statuses with Twilio and write receipts to the B1 audit table.")
+    description="Reconcile delivery statuses with Twilio and write receipts to the B1 audit table.",
+    tags={KIND: "delivery"})
 
 
-def build_snapshot_job(partitions_def: dg.PartitionsDefinition) -> "UnresolvedAssetJobDefinition":
-    return dg.define_asset_job(
-        "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), partitions_def=partitions_def,
-        description="Poll B1 for what changed in a window; backfill a missed window from the UI or CLI.")
+def build_snapshot_jobs(partitions_def: dg.PartitionsDefinition) -> list["UnresolvedAssetJobDefinition"]:
+    """`snapshot_job` reads windows (backfills from the UI or CLI); `b1_change_job` is what the change
+    sensor launches: a window's snapshots together with the evaluations that depend on them."""
+    return [
+        dg.define_asset_job(
+            "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), partitions_def=partitions_def,
+            description="Read what changed in B1 in a window; backfill missed windows from the UI or CLI."),
+        dg.define_asset_job(
+            "b1_change_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
+            partitions_def=partitions_def, tags={KIND: "change"},
+            description="Read the windows B1 changed in, evaluate the rules that depend on them and plan "
+                        "the notifications (launched by b1_change_sensor)."),
+    ]
 
 
-UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED]
-# A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
-STALE_RUN = timedelta(minutes=10)
-
-
-def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> int:
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None) -> int:
     """Unfinished runs of a job that were updated lately: launching another would only pile up."""
     return instance.get_runs_count(dg.RunsFilter(
-        job_name=job_name, statuses=UNFINISHED, updated_after=datetime.now(UTC) - STALE_RUN))
+        job_name=job_name, statuses=UNFINISHED, tags=tags or {}, updated_after=datetime.now(UTC) - STALE_RUN))
 
 
-CLOSING_READ = "closing-read"
+# --- declarative automation -----------------------------------------------------------------------------
+
+def refresh_condition(polling: PollingSettings) -> dg.AutomationCondition:
+    """State assets: on their cron, and once at first start."""
+    first_start = AC.missing() & AC.initial_evaluation()
+    return ((AC.cron_tick_passed(polling.refresh_cron, polling.timezone).since_last_handled() | first_start)
+            & ~AC.in_progress())
 
 
-def poll_requests(partitions_def: dg.TimeWindowPartitionsDefinition, now: datetime,
-                  instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    """The still-open window on every tick (low latency), unless its previous poll is still running; the
-    window that just closed once more, so a change stamped in its last minute is not missed. A schedule
-    only dedupes run keys within one tick, so the closing read is asked for only while no run carries
-    its run key yet."""
-    open_key = partitions_def.get_partition_key_for_timestamp(now.timestamp())
-    open_start = partitions_def.time_window_for_partition_key(open_key).start
-    closed_key = partitions_def.get_partition_key_for_timestamp((open_start - timedelta(seconds=1)).timestamp())
-    requests = []
-    if not instance.get_runs_count(dg.RunsFilter(
-            statuses=UNFINISHED, updated_after=now - STALE_RUN,
-            tags={"dagster/partition": open_key, "b1twilio/poll": "open-window"})):
-        requests.append(dg.RunRequest(partition_key=open_key,
-                                      run_key=f"{open_key}@{now.astimezone(UTC):%Y%m%dT%H%M}",
-                                      tags={"b1twilio/poll": "open-window"}))
-    closing_key = f"{closed_key}:{CLOSING_READ}"
-    if not instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": closing_key})):
-        requests.insert(0, dg.RunRequest(partition_key=closed_key, run_key=closing_key,
-                                         tags={"b1twilio/poll": CLOSING_READ}))
-    return requests
+def follow_condition(calendar_timezone: str | None = None) -> dg.AutomationCondition:
+    """Evaluations: when an input was updated by a run that did not evaluate them already (with a
+    calendar time zone: also after midnight there)."""
+    trigger = AC.any_deps_updated()
+    if calendar_timezone is not None:
+        trigger = trigger | AC.cron_tick_passed(CALENDAR_CRON, calendar_timezone)
+    with_inputs = AC.any_deps_match(AC.will_be_requested())  # in the same run as a refresh, even the first
+    return (trigger.since_last_handled() | with_inputs) & ~AC.any_deps_in_progress() & ~AC.in_progress()
 
 
-def build_poll_schedule(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
-                        snapshot_job: "UnresolvedAssetJobDefinition") -> dg.ScheduleDefinition:
-    @dg.schedule(
-        name="snapshot_poll_schedule", cron_schedule=polling.poll_cron, job=snapshot_job,
-        execution_timezone=polling.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Re-reads the open polling window every tick (low latency) and the just-closed window "
-                    "once more (nothing on the edge is missed).",
-    )
-    def snapshot_poll_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-        requests = poll_requests(partitions_def, context.scheduled_execution_time, context.instance)
-        return requests or dg.SkipReason("the open window's previous poll is still running")
-
-    return snapshot_poll_schedule
+def automation_sensor(polling: PollingSettings) -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "automation_condition_sensor", target=dg.AssetSelection.groups(STATE_GROUP, ALERTS_GROUP),
+        default_status=RUNNING, minimum_interval_seconds=max(30, polling.change_check_seconds),
+        run_tags={KIND: "refresh"},
+        description="Refreshes the open-invoice and stock state on its cron, re-evaluates overdue "
+                    "reminders after midnight, and evaluates alerts whose inputs a backfill updated.")
 
 
-def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
-    records = instance.fetch_materializations(key, limit=1, ascending=False).records
-    return records[0].storage_id if records else 0
+# --- change detection -----------------------------------------------------------------------------------
 
-
-def build_state_refresh_sensor(polling: PollingSettings) -> dg.SensorDefinition:
-    @dg.sensor(job=state_refresh_job, minimum_interval_seconds=30, default_status=RUNNING,
-               description=f"Full sync at first start, then a refresh every {polling.refresh_minutes} min.")
-    def state_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        ages = []
-        for key in STATE_KEYS:
-            event = context.instance.get_latest_materialization_event(key)
-            ages.append(None if event is None else datetime.now(UTC).timestamp() - event.timestamp)
-        if all(age is not None and age < polling.refresh_minutes * 60 for age in ages):
-            return dg.SkipReason("state is fresh")
-        bucket = int(datetime.now(UTC).timestamp() // (polling.refresh_minutes * 60))
-        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"state-refresh:{bucket}")])
-
-    return state_refresh_sensor
+def downstream_of(assets: Sequence[dg.AssetsDefinition], roots: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    """Every asset that depends, directly or not, on one of `roots`."""
+    deps = {key: set(dep_keys) for a in assets for key, dep_keys in a.asset_deps.items()}
+    found: set[dg.AssetKey] = set()
+    frontier = set(roots)
+    while frontier:
+        frontier = {key for key, inputs in deps.items() if inputs & frontier} - found
+        found |= frontier
+    return found
 
 
 class _Cursor:
-    """Small JSON cursors, so a sensor restart resumes where it was."""
+    """Per entity: where the next question starts; and the windows that saw changes (closing reads)."""
 
     @staticmethod
-    def load(raw: str | None) -> dict[str, float]:
+    def load(raw: str | None) -> dict:
         return json.loads(raw) if raw else {}
 
     @staticmethod
-    def dump(value: dict[str, float]) -> str:
+    def dump(value: dict) -> str:
         return json.dumps(value, sort_keys=True)
 
 
-@dg.sensor(job=alerts_job, minimum_interval_seconds=15, default_status=RUNNING,
-           description="Evaluates the rules after every new snapshot materialization, and at least every "
-                       "15 minutes (an invoice becomes overdue when the calendar moves on).")
-def alert_evaluation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    cursor = _Cursor.load(context.cursor)
-    latest = max(_latest_storage_id(context.instance, key) for key in SNAPSHOT_KEYS)
-    now = datetime.now(UTC).timestamp()
-    calendar_due = now - cursor.get("evaluated_at", 0) >= 15 * 60
-    if latest <= cursor.get("storage_id", 0) and not calendar_due:
-        return dg.SkipReason("no new snapshot since the last evaluation")
-    if runs_in_flight(context.instance, alerts_job.name):
-        return dg.SkipReason("an evaluation is in progress; the next tick picks up what it missed")
-    run_key = f"evaluate:{latest}" if latest > cursor.get("storage_id", 0) else f"evaluate:clock:{int(now)}"
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key)],
-                           cursor=_Cursor.dump({"storage_id": latest, "evaluated_at": now}))
+def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
+                        watched: Sequence[EntitySpec], assets: Sequence[dg.AssetsDefinition]) -> dg.SensorDefinition:
+    """The sensor for `watched` (the entities the enabled rules read)."""
+    follow = {spec.entity: sorted(downstream_of(assets, {snapshot_key(spec)}) | {snapshot_key(spec)})
+              for spec in watched}
+    window_length = timedelta(minutes=polling.window_minutes)
 
+    def window_of(moment: datetime) -> str | None:
+        first = partitions_def.time_window_for_partition_key(partitions_def.get_first_partition_key() or "").start
+        if moment < first:
+            return None
+        return partitions_def.get_partition_key_for_timestamp(min(moment, datetime.now(UTC)).timestamp())
+
+    def closed(window: str, now: datetime) -> bool:
+        """Closed a minute ago: changes stamped in its last minute are visible by now."""
+        return partitions_def.time_window_for_partition_key(window).end + OVERLAP <= now
+
+    def request(window: str, entities: set[str], run_key: str, trigger: str) -> dg.RunRequest:
+        keys = sorted({key for entity in entities for key in follow[entity]})
+        return dg.RunRequest(run_key=run_key, partition_key=window, asset_selection=keys,
+                             tags={WINDOW: window, f"{TAG_PREFIX}/trigger": trigger})
+
+    @dg.sensor(name="b1_change_sensor", job_name="b1_change_job", default_status=RUNNING,
+               minimum_interval_seconds=polling.change_check_seconds,
+               description=f"Asks B1 every {polling.change_check_seconds} s what changed (one small request per "
+                           f"entity: {', '.join(s.entity for s in watched)}) and reads only the windows that "
+                           "changed; a window that saw changes is read once more after it closes.")
+    def b1_change_sensor(context: dg.SensorEvaluationContext, sap: SapB1Resource,
+                         store: StoreResource) -> dg.SensorResult:
+        cursor = _Cursor.load(context.cursor)
+        session, snapshots, now = sap.probe_session(), store.snapshots(), datetime.now(UTC)
+        changes: list[Change] = []
+        for spec in watched:
+            if spec.by_doc_date:
+                after = cursor.get(spec.entity)
+                probe = probe_new(session, snapshots, spec, int(after) if after else None, now, window_of)
+            else:
+                since = cursor.get(spec.entity) or (now - window_length).isoformat()
+                probe = probe_stamped(session, snapshots, spec, datetime.fromisoformat(since), window_of)
+            changes += probe.changes
+            cursor[spec.entity] = probe.cursor
+        closing: dict[str, list[str]] = cursor.get("closing", {})
+        by_window: dict[str, set[str]] = {}
+        for change in changes:
+            by_window.setdefault(change.window, set()).add(change.entity)
+        requests = []
+        bucket = int(now.timestamp() // RETRY_BUCKET_S)
+        for window, entities in sorted(by_window.items()):
+            if not closed(window, now):  # a closed window's read is its closing read already
+                closing[window] = sorted(set(closing.get(window, [])) | entities)
+            if runs_in_flight(context.instance, "b1_change_job", {WINDOW: window}):
+                continue  # its run is reading the window now; what it misses stays pending
+            digest = hashlib.sha256(json.dumps(sorted((c.entity, c.key, c.stamp) for c in changes
+                                                      if c.window == window)).encode()).hexdigest()[:12]
+            requests.append(request(window, entities, f"change:{window}:{digest}:{bucket}", "change"))
+        for window, entities in sorted(closing.items()):
+            if closed(window, now):
+                requests.append(request(window, set(entities), f"closing:{window}", "closing-read"))
+                del closing[window]
+        cursor["closing"] = closing
+        skip = None if requests else f"no change in B1 ({len(watched)} entities asked)"
+        return dg.SensorResult(run_requests=requests, cursor=_Cursor.dump(cursor), skip_reason=skip)
+
+    return b1_change_sensor
+
+
+# --- notifications and delivery -------------------------------------------------------------------------
 
 def _in_flight_notifications(instance: dg.DagsterInstance) -> set[str]:
     """Notification ids carried by notification runs that are queued or running (and alive)."""

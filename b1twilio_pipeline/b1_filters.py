@@ -97,6 +97,15 @@ def update_window_filter(start: datetime, end: datetime, *, b1_timezone: str,
     return f"{lower} and {upper}"
 
 
+def changed_since_filter(since: datetime, *, b1_timezone: str, date_field: str = "UpdateDate",
+                         time_field: str = "UpdateTime") -> str:
+    """Records stamped at or after `since` (to the minute, in the B1 server's local time): the lower half of
+    `update_window_filter`, for asking B1 what changed since a moment."""
+    low = _local_minute(since, _zone(b1_timezone), "since")
+    day, minute = quote(low.date().isoformat()), quote(low.strftime("%H:%M"))
+    return f"{date_field} gt {day} or ({date_field} eq {day} and {time_field} ge {minute})"
+
+
 def date_window_filter(field: str, start_date: date, end_date: date) -> str:
     """`field` between two dates, both inclusive, for entities without change stamps (IncomingPayments by
     DocDate): poll with an overlap of at least a day and deduplicate by DocEntry."""

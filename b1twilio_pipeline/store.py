@@ -143,6 +143,22 @@ class SnapshotStore:
                     first_seen_at=aware(row.first_seen_at), updated_at=aware(row.updated_at),
                 )
 
+    def stamps(self, entity: str, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(UpdateDate as YYYY-MM-DD, UpdateTime) of the stored version of each record: what the change
+        probe compares with B1's."""
+        found: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(sorted(set(keys)), 500):
+                for key, payload in conn.execute(sa.select(snapshots.c.key, snapshots.c.payload).where(
+                        snapshots.c.entity == entity, snapshots.c.key.in_(chunk))):
+                    doc = json.loads(payload)
+                    found[key] = (str(doc.get("UpdateDate") or "")[:10], str(doc.get("UpdateTime") or ""))
+        return found
+
+    def keys(self, entity: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(sa.select(snapshots.c.key).where(snapshots.c.entity == entity)))
+
     def open_keys(self, entity: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.scalars(sa.select(snapshots.c.key).where(

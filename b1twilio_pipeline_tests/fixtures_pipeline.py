@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,13 +73,26 @@ def pg_store_url(postgres: sa.Engine) -> Iterator[str]:
     drop_database(postgres, name)
 
 
-@pytest.fixture(scope="session")
-def pg_instance(postgres: sa.Engine) -> Iterator[dg.DagsterInstance]:
-    """A Dagster instance whose run, event-log and schedule storage is PostgreSQL (dagster-postgres)."""
+@contextmanager
+def _pg_instance(postgres: sa.Engine) -> Iterator[dg.DagsterInstance]:
     name, url = create_database(postgres, "dagster")
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
         yield instance
     drop_database(postgres, name)
+
+
+@pytest.fixture(scope="session")
+def pg_instance(postgres: sa.Engine) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance whose run, event-log and schedule storage is PostgreSQL (dagster-postgres)."""
+    with _pg_instance(postgres) as instance:
+        yield instance
+
+
+@pytest.fixture
+def fresh_pg_instance(postgres: sa.Engine) -> Iterator[dg.DagsterInstance]:
+    """A PostgreSQL-backed instance of this test alone (for what depends on the instance's history)."""
+    with _pg_instance(postgres) as instance:
+        yield instance
 
 
 TEST_RULES = """
@@ -173,12 +187,22 @@ class Pipeline:
     def tick(self, sensor_name: str) -> dg.SensorResult | Any:
         """One real evaluation of a sensor, with its cursor carried from the previous tick."""
         sensor = self.defs.resolve_sensor_def(sensor_name)
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor_name),
-                                          definitions=self.defs, resources={"store": self.store})
-        result = sensor(context)
-        cursor = getattr(result, "cursor", None) or context.cursor
+        with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor_name),
+                                     definitions=self.defs,
+                                     resources={"store": self.store, "sap": self.defs.resources["sap"]}) as context:
+            result = sensor(context)
+            cursor = getattr(result, "cursor", None) or context.cursor
         self.cursors[sensor_name] = cursor
         return result
+
+    def detect(self) -> list[dg.ExecuteInProcessResult]:
+        """Tick the change sensor and execute the runs it requests, as the daemon would."""
+        result = self.tick("b1_change_sensor")
+        job = self.defs.resolve_job_def("b1_change_job")
+        return [job.execute_in_process(instance=self.instance, partition_key=request.partition_key,
+                                       asset_selection=request.asset_selection,
+                                       tags={**request.tags, "dagster/run_key": request.run_key})
+                for request in result.run_requests or []]
 
     def notify(self) -> list[dg.ExecuteInProcessResult]:
         """Tick the notification sensor and execute the run it requests, as the daemon would."""
@@ -202,9 +226,8 @@ class Pipeline:
         return self.run_job("delivery_job")
 
     def flow(self) -> list[dg.ExecuteInProcessResult]:
-        """poll -> evaluate -> notify: one turn of the whole pipeline."""
-        self.poll()
-        self.evaluate()
+        """detect (read the changed windows, evaluate, plan) -> notify: one turn of the whole pipeline."""
+        self.detect()
         return self.notify()
 
 
@@ -225,7 +248,8 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
     `rules_text` replaces the test rules."""
     started: list[Pipeline] = []
 
-    def build(status_callback_url: str = "", rules_text: str | None = None) -> Pipeline:
+    def build(status_callback_url: str = "", rules_text: str | None = None,
+              instance: dg.DagsterInstance | None = None) -> Pipeline:
         if rules_text is not None:
             rules_file.write_text(rules_text)
         sap = SapB1Simulator(port=0, seed=False).start_background()
@@ -244,7 +268,7 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
             "rules": RulesResource(path=str(rules_file)),
         }
         defs = build_definitions(rules_path=str(rules_file), resources=resources)
-        started.append(Pipeline(defs, pg_instance, sap, twilio, store, rules_file))
+        started.append(Pipeline(defs, instance or pg_instance, sap, twilio, store, rules_file))
         return started[-1]
 
     yield build

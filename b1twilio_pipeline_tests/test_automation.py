@@ -1,101 +1,142 @@
-"""The poll schedule and the sensors, evaluated for real against a Dagster instance."""
+"""What starts work, evaluated for real: the change sensor against the B1 simulator, declarative
+automation against a PostgreSQL instance, the notification and delivery sensors against the ledger."""
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from __future__ import annotations
+
+import json
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import dagster as dg
 import pytest
 
-from b1twilio_pipeline.assets.snapshots import OPEN_INVOICES_KEY, STOCK_LEVELS_KEY
-from b1twilio_pipeline.automation import CLOSING_READ, poll_requests
 from b1twilio_pipeline.definitions import build_definitions
 from b1twilio_pipeline.polling import PollingSettings
 from b1twilio_pipeline.resources.store import StoreResource
 from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
+
+K = dg.AssetKey
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
+def _supplier_invoice(pipeline: Pipeline) -> dict:
+    return pipeline.sap.add_document("PurchaseInvoices", {
+        "CardCode": "V10000", "DocumentLines": [{"ItemCode": "A001", "Quantity": 1, "Price": 10}]})
 
 
-def _partitions() -> dg.TimeWindowPartitionsDefinition:
-    return PollingSettings.from_settings("Europe/Berlin").partitions_def()
+def _window_of(pipeline: Pipeline, doc: dict) -> str:
+    stamp = pipeline.sap.clock.now().replace(hour=int(doc["UpdateTime"][:2]), minute=int(doc["UpdateTime"][3:5]))
+    return pipeline.defs.resolve_job_def("snapshot_job").partitions_def.get_partition_key_for_timestamp(
+        stamp.timestamp())
 
 
-def test_poll_reads_the_open_window_every_tick_and_the_closed_one_once(instance: dg.DagsterInstance) -> None:
-    partitions = _partitions()
-    now = datetime(2026, 11, 25, 9, 16, 20, tzinfo=UTC)  # 10:16 in Berlin: window 10:15 is open
-
-    first = poll_requests(partitions, now, instance)
-    assert [(r.partition_key, r.tags["b1twilio/poll"]) for r in first] == [
-        ("2026-11-25-10:00", CLOSING_READ), ("2026-11-25-10:15", "open-window")]
-    # the closing read ran (a run with its key exists): later ticks ask only for the open window
-    instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=None,
-                                tags={"dagster/run_key": first[0].run_key})
-    later = poll_requests(partitions, now + timedelta(minutes=1), instance)
-    assert [r.partition_key for r in later] == ["2026-11-25-10:15"]
-    assert later[0].run_key != first[1].run_key
+@pytest.mark.postgres
+def test_an_idle_b1_costs_one_small_request_per_watched_entity_and_no_run(pipeline: Pipeline) -> None:
+    pipeline.tick("b1_change_sensor")
+    pipeline.sap.reset_requests()
+    result = pipeline.tick("b1_change_sensor")
+    assert not result.run_requests and "no change in B1" in result.skip_reason.skip_message
+    # the test rules watch purchase invoices, purchase orders, sales invoices, payments and stock
+    gets = [r for r in pipeline.sap.requests if r.method == "GET"]
+    assert len(gets) == 5 and pipeline.sap.logins == 0  # the probe session is kept between ticks
+    assert all("$select=" in unquote(r.path) and "$top=200" in unquote(r.path) for r in gets)
 
 
-def test_poll_does_not_pile_up_behind_a_running_poll(instance: dg.DagsterInstance) -> None:
-    partitions = _partitions()
-    now = datetime.now(UTC)
-    open_key = partitions.get_partition_key_for_timestamp(now.timestamp())
-    running = instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=None, tags={
-        "dagster/partition": open_key, "b1twilio/poll": "open-window"}, status=dg.DagsterRunStatus.STARTED)
-    assert open_key not in [r.partition_key for r in poll_requests(partitions, now, instance)]
-    instance.report_run_canceled(running)
-    assert open_key in [r.partition_key for r in poll_requests(partitions, now, instance)]
+@pytest.mark.postgres
+def test_a_change_asks_for_its_window_with_everything_downstream_once(pipeline: Pipeline) -> None:
+    pipeline.tick("b1_change_sensor")
+    invoice = _supplier_invoice(pipeline)
+
+    first = pipeline.tick("b1_change_sensor")
+    again = pipeline.tick("b1_change_sensor")  # not read yet: asked again under the same run key
+
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    assert request.partition_key == _window_of(pipeline, invoice)
+    assert set(request.asset_selection) == {K(["b1", "purchase_invoices"]), K(["alerts", "purchase_invoice_alerts"]),
+                                            K(["alerts", "notification_plan"])}
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+
+    pipeline.detect()  # the run reads the window: the change is stored
+    assert not pipeline.tick("b1_change_sensor").run_requests
 
 
-def test_window_size_and_cadence_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.postgres
+def test_a_window_that_saw_changes_is_read_once_more_after_it_closes(pipeline: Pipeline) -> None:
+    partitions = pipeline.defs.resolve_job_def("snapshot_job").partitions_def
+    closed = partitions.get_partition_key_for_timestamp((pipeline.sap.clock.now() - timedelta(hours=1)).timestamp())
+    pipeline.tick("b1_change_sensor")
+    cursor = json.loads(pipeline.cursors["b1_change_sensor"])
+    pipeline.cursors["b1_change_sensor"] = json.dumps({**cursor, "closing": {closed: ["PurchaseInvoices"]}})
+
+    first = pipeline.tick("b1_change_sensor")
+    second = pipeline.tick("b1_change_sensor")
+
+    assert [(r.partition_key, r.tags["b1twilio/trigger"]) for r in first.run_requests] == [(closed, "closing-read")]
+    assert not second.run_requests
+
+
+@pytest.mark.postgres
+def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
+        pipeline_factory: PipelineFactory, fresh_pg_instance: dg.DagsterInstance) -> None:
+    pipeline = pipeline_factory(instance=fresh_pg_instance)
+    instance, defs = pipeline.instance, pipeline.defs
+
+    def requested(cursor: object) -> tuple[set[str], object]:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        keys = {node.key.path[-1] for node in defs.resolve_asset_graph().asset_nodes
+                if result.get_num_requested(node.key)}
+        return keys, result.cursor
+
+    followers = {"payment_overdue_alerts", "stock_alerts", "overdue_receivables", "notification_plan"}
+    first, cursor = requested(None)
+    assert first == {"open_invoices_state", "stock_levels_state"} | followers  # full sync at first start
+    pipeline.refresh_state()
+    pipeline.evaluate()  # what that run does
+    idle, cursor = requested(cursor)
+    assert idle == set()
+    pipeline.refresh_state()  # a refresh launched by hand: what depends on it follows
+    after_refresh, cursor = requested(cursor)
+    assert after_refresh == followers
+    pipeline.evaluate()
+    idle, cursor = requested(cursor)
+    assert idle == set()
+
+    _supplier_invoice(pipeline)
+    pipeline.detect()  # snapshots, alerts and plan in one run: nothing left for automation
+    after_change, cursor = requested(cursor)
+    assert after_change == set()
+
+    pipeline.poll()  # a window read alone (a backfill): the alerts downstream follow
+    after_backfill, _ = requested(cursor)
+    assert "purchase_invoice_alerts" in after_backfill and "notification_plan" in after_backfill
+
+
+def test_window_size_and_refresh_cadence_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "5")
-    partitions = _partitions()
+    partitions = PollingSettings.from_settings("Europe/Berlin").partitions_def()
     window = partitions.time_window_for_partition_key("2026-11-25-10:05")
     assert window.end - window.start == timedelta(minutes=5)
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "7")
     with pytest.raises(ConfigurationError, match="B1TWILIO_WINDOW_MINUTES=7 is not allowed"):
-        _partitions()
+        PollingSettings.from_settings("Europe/Berlin")
+    monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "15")
+    monkeypatch.setenv("B1TWILIO_STATE_REFRESH_MINUTES", "120")
+    assert PollingSettings.from_settings("UTC").refresh_cron == "0 */2 * * *"
 
 
-def _tick(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, cursor: str | None = None,
+def _tick(defs: dg.Definitions, name: str, instance: dg.DagsterInstance,
           **resources: object) -> dg.SensorResult | dg.SkipReason:
     sensor = defs.resolve_sensor_def(name)
-    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources))
+    return sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=resources))
 
 
-def test_state_refresh_runs_at_first_start_then_only_when_stale(instance: dg.DagsterInstance) -> None:
-    defs = build_definitions()
-    first = _tick(defs, "state_refresh_sensor", instance)
-    assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
-    for key in (OPEN_INVOICES_KEY, STOCK_LEVELS_KEY):
-        instance.report_runless_asset_event(dg.AssetMaterialization(key))
-    assert isinstance(_tick(defs, "state_refresh_sensor", instance), dg.SkipReason)
-
-
-def test_alert_evaluation_follows_new_snapshots(instance: dg.DagsterInstance) -> None:
-    defs = build_definitions()
-    first = _tick(defs, "alert_evaluation_sensor", instance)
-    assert isinstance(first, dg.SensorResult)  # first tick: the calendar alone is reason enough
-    idle = _tick(defs, "alert_evaluation_sensor", instance, cursor=first.cursor)
-    assert isinstance(idle, dg.SkipReason)
-    instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["b1", "purchase_invoices"])))
-    after = _tick(defs, "alert_evaluation_sensor", instance, cursor=first.cursor)
-    assert isinstance(after, dg.SensorResult) and after.run_requests[0].run_key.startswith("evaluate:")
-    instance.create_run_for_job(dg.GraphDefinition("alerts_job").to_job(), run_id=None,
-                                status=dg.DagsterRunStatus.STARTED)
-    busy = _tick(defs, "alert_evaluation_sensor", instance, cursor=first.cursor)
-    assert isinstance(busy, dg.SkipReason)  # no pile-up behind a running evaluation
-
-
-def test_delivery_sensor_sleeps_while_nothing_waits_for_a_status(instance: dg.DagsterInstance,
-                                                                 tmp_path: Path) -> None:
+def test_notification_and_delivery_sensors_sleep_while_the_ledger_is_quiet(tmp_path: Path) -> None:
     defs = build_definitions()
     store = StoreResource(database_url=f"sqlite:///{tmp_path}/store.sqlite")
-    assert isinstance(_tick(defs, "delivery_status_sensor", instance, store=store), dg.SkipReason)
-    result = _tick(defs, "notification_sensor", instance, store=store)
+    with dg.instance_for_test() as instance:
+        assert isinstance(_tick(defs, "delivery_status_sensor", instance, store=store), dg.SkipReason)
+        result = _tick(defs, "notification_sensor", instance, store=store)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
     assert result.skip_reason is not None and "no notification is due" in result.skip_reason.skip_message

@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -116,17 +117,15 @@ def test_429_storm_is_absorbed_without_losing_or_doubling_a_message(twilio_sim: 
     twilio_sim.set_latency(0.005)
     resource = resource_for(twilio_sim, max_concurrency=8, max_retries=40, backoff_base_s=0.002,
                             backoff_max_s=0.05)
-    items = [("sms", f"+1555010{n:04d}", f"alert {n}") for n in range(200)]
-    results = resource.send_many(items)
-    assert all(isinstance(result, SentNotification) for result in results), [
-        str(r) for r in results if isinstance(r, TwilioSendError)][:3]
+    texts = {f"+1555010{n:04d}": f"alert {n}" for n in range(200)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sent = list(pool.map(lambda item: resource.send_sms(*item), texts.items()))
     assert twilio_sim.rejected_429 > 0  # the storm really happened
     twilio_sim.advance()
     messages = twilio_sim.messages()
-    assert sorted(m["body"] for m in messages) == sorted(text for _, _, text in items)
+    assert sorted(m["body"] for m in messages) == sorted(texts.values())
     assert {m["status"] for m in messages} == {"delivered"}
-    assert [r.sid for r in results if isinstance(r, SentNotification)] == [  # order preserved
-        next(m["sid"] for m in messages if m["body"] == text) for _, _, text in items]
+    assert sorted(s.sid for s in sent) == sorted(m["sid"] for m in messages)
 
 
 def test_5xx_on_create_is_looked_up_before_the_next_create(twilio_sim: TwilioSimulator,
@@ -302,8 +301,8 @@ def test_find_sent_pages_through_what_was_sent(twilio_sim: TwilioSimulator,
                                                twilio_resource: TwilioResource) -> None:
     since = datetime.now(UTC)
     bodies = [f"alert {n}" for n in range(105)]  # more than one page of 100
-    results = twilio_resource.send_many([("sms", TO, body) for body in bodies])
-    assert all(isinstance(result, SentNotification) for result in results)
+    for body in bodies:
+        twilio_resource.send_sms(TO, body)
     twilio_resource.send_sms("+15550000001", "someone else")
     call = twilio_resource.place_call(TO, "call me")
     found = twilio_resource.find_sent("sms", TO, since)
@@ -312,14 +311,6 @@ def test_find_sent_pages_through_what_was_sent(twilio_sim: TwilioSimulator,
     calls = twilio_resource.find_sent("voice", TO, since)
     assert [(c.sid, c.body) for c in calls] == [(call.sid, None)]
     assert twilio_resource.find_sent("sms", TO, since + timedelta(seconds=5)) == []
-
-
-def test_send_many_keeps_order_and_reports_failures_per_item(twilio_resource: TwilioResource) -> None:
-    results = twilio_resource.send_many([("sms", TO, "one"), ("sms", "not-a-number", "two"),
-                                         ("voice", TO, "three")])
-    assert isinstance(results[0], SentNotification) and results[0].channel == "sms"
-    assert isinstance(results[1], TwilioSendError) and results[1].code == 21211
-    assert isinstance(results[2], SentNotification) and results[2].channel == "voice"
 
 
 def test_unknown_sid_is_a_permanent_20404(twilio_resource: TwilioResource) -> None:

@@ -3,7 +3,7 @@ them to `benchmarks/results.md`.
 
     python -m benchmarks                       # everything at full size (a few minutes on 2 cores)
     python -m benchmarks --invoices 20000      # smaller initial sync and poll
-    python -m benchmarks --only fanout --only end_to_end_latency
+    python -m benchmarks --only incremental_poll
     python -m benchmarks --output -            # print only, write no file
 """
 
@@ -17,25 +17,19 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import end_to_end_latency, fanout, incremental_poll, initial_sync
+from benchmarks import incremental_poll, initial_sync
 from benchmarks._common import BenchResult, machine_info, machine_markdown
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
-NAMES = ("initial_sync", "incremental_poll", "fanout", "end_to_end_latency")
+NAMES = ("initial_sync", "incremental_poll")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--invoices", type=int, default=initial_sync.DEFAULT_INVOICES,
                         help="invoices in B1 for the initial sync and the incremental poll (default 100000)")
-    parser.add_argument("--notifications", type=int, default=fanout.DEFAULT_NOTIFICATIONS,
-                        help="SMS in the fan-out (default 1000)")
     parser.add_argument("--b1-latency-ms", type=float, default=initial_sync.DEFAULT_LATENCY_S * 1000,
                         help="latency injected into every B1 request (default 5)")
-    parser.add_argument("--twilio-latency-ms", type=float, default=fanout.DEFAULT_LATENCY_S * 1000,
-                        help="latency injected into every Twilio request (default 20)")
-    parser.add_argument("--twilio-limit", type=int, default=fanout.TWILIO_LIMIT,
-                        help="Twilio concurrency limit and send_many max_concurrency (default 4)")
     parser.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
                         help="markdown file to write (default benchmarks/results.md); '-' to write none")
@@ -43,12 +37,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], BenchResult]]]:
-    b1, tw = args.b1_latency_ms / 1000, args.twilio_latency_ms / 1000
+    b1 = args.b1_latency_ms / 1000
     plan: dict[str, Callable[[], BenchResult]] = {
         "initial_sync": lambda: initial_sync.run(args.invoices, b1),
         "incremental_poll": lambda: incremental_poll.run(args.invoices, b1),
-        "fanout": lambda: fanout.run(args.notifications, tw, args.twilio_limit),
-        "end_to_end_latency": lambda: end_to_end_latency.run(b1, tw),
     }
     return [(name, plan[name]) for name in NAMES if not args.only or name in args.only]
 
@@ -59,8 +51,8 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.invoices < 1 or args.notifications < 1 or args.twilio_limit < 1:
-        print("--invoices, --notifications and --twilio-limit must be at least 1", file=sys.stderr)
+    if args.invoices < 1:
+        print("--invoices must be at least 1", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     info = machine_info()

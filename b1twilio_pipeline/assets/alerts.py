@@ -122,6 +122,20 @@ ALERT_KINDS: dict[str, tuple[str, tuple[dg.AssetKey, ...], Evaluator]] = {
 }
 
 
+# The entities whose changes a kind alerts on (watched by the change sensor while such a rule is enabled).
+# Overdue reminders follow the state refresh and the calendar instead: nothing to watch.
+WATCHED_BY_KIND: dict[str, tuple[str, ...]] = {
+    "purchase_invoice_received": ("purchase_invoices",),
+    "sales_invoice_created": ("sales_invoices",),
+    "payment_overdue": (),
+    "payment_received": ("incoming_payments",),
+    "purchase_order_changed": ("purchase_orders",),
+    "stock_below_reorder": ("item_stock",),
+}
+# Kinds about a state that can become true with the calendar alone.
+CALENDAR_KINDS = frozenset({"payment_overdue"})
+
+
 def build_alert_asset(kind: str, rules_markdown: str) -> dg.AssetsDefinition:
     name, deps, evaluate = ALERT_KINDS[kind]
 

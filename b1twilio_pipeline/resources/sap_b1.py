@@ -9,6 +9,7 @@ while asking for large pages. Messages never contain the password.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -417,6 +418,10 @@ def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
                                  f"{_one_line(str(exc))}") from None
 
 
+_probe_sessions: dict[tuple[str | None, ...], SapB1Session] = {}
+_probe_lock = threading.Lock()
+
+
 class SapB1Resource(dg.ConfigurableResource):
     """Dagster resource for the B1 Service Layer: one lazily-logged-in `SapB1Session` per run.
 
@@ -468,6 +473,21 @@ class SapB1Resource(dg.ConfigurableResource):
             timezone=self.resolved_timezone(),
             logger=logger,
         )
+
+    def probe_session(self) -> SapB1Session:
+        """A session kept for the life of this process, for sensors' small questions: the code server
+        evaluates sensors for weeks, and logging in on every tick would cost B1 two extra requests each
+        time. Short timeout and no retries, so a tick never waits long on an unreachable B1."""
+        options = self.model_copy(update={"max_retries": 0, "timeout_s": min(self.timeout_s, 5.0)})
+        key = (options.service_layer_url or setting("B1_SERVICE_LAYER_URL"), options.company_db
+               or setting("B1_COMPANY_DB"), options.username or setting("B1_USERNAME"),
+               hashlib.sha256((options.password or setting("B1_PASSWORD") or "").encode()).hexdigest(),
+               options.ca_bundle or setting("B1_CA_BUNDLE"), options.resolved_timezone())
+        with _probe_lock:
+            session = _probe_sessions.get(key)
+            if session is None:
+                session = _probe_sessions[key] = options.create_session()
+            return session
 
     def session(self) -> SapB1Session:
         """The run's session (created on first use when the resource is used outside a Dagster run; the

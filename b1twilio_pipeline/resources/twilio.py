@@ -19,8 +19,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -445,24 +444,6 @@ class TwilioResource(dg.ConfigurableResource):
             page = self._attempt(lambda current=current: current.next_page(), what=what, to=to,
                                  idempotent=True)
         return found
-
-    def send_many(self, items: Sequence[tuple[str, str, str]]) -> list[SentNotification | TwilioSendError]:
-        """Send (channel, to, text) items, at most `max_concurrency` at once; results in input order."""
-        for channel, _to, _text in items:
-            if channel not in ("sms", "voice"):
-                raise ValueError(f"channel must be 'sms' or 'voice', not {channel!r}")
-        self._client_and_config()  # configuration errors fail the whole batch, once
-
-        def one(item: tuple[str, str, str]) -> SentNotification | TwilioSendError:
-            channel, to, text = item
-            try:
-                return self.deliver(Outbound(channel, to, text))
-            except TwilioSendError as exc:
-                return exc
-
-        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency),
-                                thread_name_prefix="twilio-send") as pool:
-            return list(pool.map(one, items))
 
     # ----- retries and errors ------------------------------------------------------------------------
 
