@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench
+.PHONY: demo test install lint bench faults
 
 $(BIN)/b1twilio: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+faults: install
+	B1TWILIO_FAULTS=full $(BIN)/pytest -m faults -s
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -201,14 +201,16 @@ def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowP
 
 # --- notifications and delivery -------------------------------------------------------------------------
 
-def _in_flight_notifications(instance: dg.DagsterInstance) -> set[str]:
-    """Notification ids carried by notification runs that are queued or running (and alive)."""
-    runs = instance.get_runs(dg.RunsFilter(job_name=notify_job.name, statuses=UNFINISHED,
-                                           updated_after=datetime.now(UTC) - STALE_RUN))
-    carried: set[str] = set()
-    for run in runs:
-        config = run.run_config.get("ops", {}).get("send_notifications", {}).get("config", {})
-        carried.update(item.get("notification_id", "") for item in config.get("notifications", []))
+def _in_flight_notifications(instance: dg.DagsterInstance, within: timedelta) -> dict[str, int]:
+    """Notification id -> claim count as handed to a notification run that is queued or running and was
+    created within `within` (the lease): such a run will claim the row itself. A run older than that
+    whose rows are still unclaimed is presumed dead (the default run launcher cannot tell)."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=notify_job.name, statuses=UNFINISHED,
+                                                     created_after=datetime.now(UTC) - within))
+    carried: dict[str, int] = {}
+    for record in records:
+        config = record.dagster_run.run_config.get("ops", {}).get("send_notifications", {}).get("config", {})
+        carried.update((item["notification_id"], item["attempts"]) for item in config.get("notifications", []))
     return carried
 
 
@@ -218,8 +220,9 @@ def _in_flight_notifications(instance: dg.DagsterInstance) -> set[str]:
                        "compare-and-set claims make a duplicate run harmless.")
 def notification_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
     now = utcnow()
-    carried = _in_flight_notifications(context.instance)
-    due = [n for n in store.ledger().due(now, limit=MAX_BATCH) if n.notification_id not in carried]
+    ledger = store.ledger()
+    carried = _in_flight_notifications(context.instance, ledger.policy.lease)
+    due = [n for n in ledger.due(now, limit=MAX_BATCH) if carried.get(n.notification_id) != n.attempts]
     if not due:
         return dg.SensorResult(skip_reason="no notification is due")
     batch = [{"notification_id": n.notification_id, "attempts": n.attempts} for n in due]

@@ -14,3 +14,8 @@ def no_personal_secrets_store(tmp_path_factory: pytest.TempPathFactory, monkeypa
     """A developer's own encrypted store (~/.config/b1twilio) never reaches a test: every test starts with
     a store path that does not exist (tests of the store set their own)."""
     monkeypatch.setenv("B1TWILIO_SECRETS_FILE", str(Path(tmp_path_factory.mktemp("secrets")) / "none.enc"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault suite restarts PostgreSQL and kills processes: it runs after everything else."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)

@@ -36,7 +36,7 @@ POSTGRES = os.environ.get("B1TWILIO_TEST_POSTGRES", "postgresql://postgres@127.0
 
 
 def _admin_engine() -> sa.Engine:
-    return sa.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
+    return sa.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @pytest.fixture(scope="session")

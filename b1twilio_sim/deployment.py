@@ -242,16 +242,23 @@ def wait_group(group: int, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def run_worker_pids(run_id: str | None = None) -> list[int]:
-    """Processes executing a Dagster run (`dagster api execute_run`), optionally only `run_id`'s."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "execute_run" in cmdline and (run_id is None or run_id in cmdline):
-            found.append(int(entry.name))
-    return found
+def _cmdline(pid: str) -> str:
+    try:
+        return (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: str) -> str:
+    try:
+        return (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_worker_pids() -> list[int]:
+    """Processes executing Dagster runs: the code server (`dagster api grpc`) starts each run's worker as
+    a multiprocessing child."""
+    pids = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [int(pid) for pid in pids
+            if "multiprocessing.spawn" in _cmdline(pid) and "api grpc" in _cmdline(_parent(pid))]

@@ -48,6 +48,9 @@ _API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 # Twilio's clock and ours differ a little: a lookup looks this far before the attempt began.
 CLOCK_SLACK = timedelta(minutes=2)
+# Creates per delivery when answers stay unclear (each followed by a lookup); then the ledger re-drives the
+# notification later, so one attempt never outlasts its lease.
+CREATE_ROUNDS = 3
 
 # Short meanings of the Twilio error codes an alerting pipeline meets (see API_FACTS.md).
 ERROR_MEANINGS: dict[int, str] = {
@@ -304,7 +307,7 @@ class TwilioResource(dg.ConfigurableResource):
             found = self._adopt(out, lookup_since, is_foreign)
             if found is not None:
                 return found
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(CREATE_ROUNDS):
             started = datetime.now(UTC)
             try:
                 return self._create(out)
@@ -317,7 +320,7 @@ class TwilioResource(dg.ConfigurableResource):
                 raise error from None  # cannot tell whether it was accepted: the next attempt looks again
             if found is not None:
                 return found
-            if attempt < self.max_retries:
+            if attempt + 1 < CREATE_ROUNDS:
                 time.sleep(self._backoff(attempt))
         raise error
 
