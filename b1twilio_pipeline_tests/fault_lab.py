@@ -278,8 +278,8 @@ retries, monitoring), against the B1 and Twilio simulators. Each fault is caused
 fault switches, SIGKILL, a PostgreSQL restart) while its own supplier invoices flow through; each invoice
 notifies two people by SMS, so a burst of {burst} invoices is {2 * burst} notifications. "Delivered" counts
 distinct notifications Twilio accepted; "duplicated" counts extra acceptances of the same notification,
-recounted after a quiet period at the end. Time is from causing the change in B1 until the last of the
-scenario's SMS was accepted.
+recounted at the end once every notification in the ledger was final (so a late re-drive or take-over
+would show). Time is from causing the change in B1 until the last of the scenario's SMS was accepted.
 
 Settings of the run: B1 asked every 5 s; re-drive after 3 s, doubling; a worker's lease {LEASE_S} s.
 

@@ -253,3 +253,31 @@ def test_quiet_hours_that_began_while_the_run_waited_hold_the_message(pipeline: 
     held = pipeline.store.ledger().due(now + timedelta(hours=2))
     assert len(held) == 2 and all(n.failures == 0 and n.next_attempt_at > now + timedelta(minutes=50)
                                   for n in held)
+
+
+def test_an_alert_that_cannot_be_planned_does_not_hold_up_the_others(pipeline: Pipeline) -> None:
+    alerts = pipeline.store.alerts()
+    broken = {"DocNum": 1, "DocTotal": "not a number", "CardName": "X", "DocCurrency": "EUR"}  # {DocTotal:,.2f}
+    alerts.record("ap-new-supplier-invoice", "purchase_invoice_received",
+                  [("ap-new-supplier-invoice:1:2026-11-25", "PurchaseInvoices 1", broken)])
+    _supplier_invoice(pipeline)
+    pipeline.detect()
+
+    plan = pipeline.evaluate().asset_materializations_for_node("alerts__notification_plan")[0].metadata
+    assert plan["not_planned"].value == 1 and "cannot render template" in plan["not_planned_alerts"].value
+    pipeline.notify()
+    assert len(_sms_to(pipeline, DANA)) == 1 and len(_sms_to(pipeline, RAY)) == 1  # the valid alert went out
+    assert [a.alert_id for a in alerts.unplanned()] == ["ap-new-supplier-invoice:1:2026-11-25"]
+
+
+def test_stored_records_stream_from_postgres_instead_of_loading_whole(pipeline: Pipeline) -> None:
+    snapshots = pipeline.store.snapshots()
+    snapshots.upsert("Invoices", "DocEntry", ({"DocEntry": n, "DocumentStatus": "bost_Open", "Comments": "x" * 200}
+                                              for n in range(3000)))
+    rows = snapshots.iter_entity("Invoices", open_only=True)
+    next(rows)  # the first row is here; the rest must still be on the server
+    with pipeline.store.engine.connect() as other:
+        fetching = other.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'FETCH %'"))
+    rows.close()
+    assert fetching == 1  # a server-side cursor, read 500 rows at a time

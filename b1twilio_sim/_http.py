@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -133,6 +134,12 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went away mid-answer (killed, timed out) is part of the faults we simulate: no
+        traceback for it; anything else is printed as the stdlib would."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def log_request_entry(self, entry: LoggedRequest) -> None:
         with self.lock:
