@@ -6,8 +6,8 @@
     b1twilio secrets delete NAME
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
     b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
-    b1twilio setup-b1-audit-table                 (b1twilio_pipeline.audit)
-    b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.database)
+    b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
+    b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
 Bad configuration or input is one `error: ...` line on stderr and exit status 2, never a traceback.
@@ -22,15 +22,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from b1twilio_pipeline import secrets_store
-from b1twilio_pipeline.masking import mask_phone, mask_secret
-from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline.core import secrets_store
+from b1twilio_pipeline.core.phones import mask_phone, mask_secret
+from b1twilio_pipeline.core.settings import ConfigurationError
 
 # command -> (module, function), imported only when run: the audit setup pulls in Dagster, which the
 # secrets commands should not wait for. The function receives the parsed argparse.Namespace.
 DELEGATED = {
-    "setup-b1-audit-table": ("b1twilio_pipeline.audit", "setup_audit_table_command"),
-    "db upgrade": ("b1twilio_pipeline.database", "upgrade_command"),
+    "setup-b1-audit-table": ("b1twilio_pipeline.b1.audit_table", "setup_audit_table_command"),
+    "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -222,7 +222,7 @@ def _masked(name: str, value: str) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from b1twilio_pipeline.rules import RulesConfigError, load_rules
+    from b1twilio_pipeline.alerts.rules import RulesConfigError, load_rules
 
     try:
         config = load_rules(args.file)

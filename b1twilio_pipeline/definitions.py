@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from b1twilio_pipeline.assets.alerts import (
+from b1twilio_pipeline.alerts.assets import (
     ALERT_KINDS,
     CALENDAR_KINDS,
     WATCHED_BY_KIND,
     build_alert_asset,
     notification_plan,
 )
-from b1twilio_pipeline.assets.deliveries import b1_audit_records, notification_deliveries, sent_notifications
-from b1twilio_pipeline.assets.receivables import overdue_receivables
-from b1twilio_pipeline.assets.snapshots import ENTITIES, ENTITY_BY_NAME, STATE_ASSETS, build_snapshot_asset
-from b1twilio_pipeline.automation import (
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.alerts.rules import load_rules
+from b1twilio_pipeline.b1.client import SapB1Resource
+from b1twilio_pipeline.b1.snapshots import ENTITIES, ENTITY_BY_NAME, STATE_ASSETS, build_snapshot_asset
+from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.notifications.deliveries import b1_audit_records, notification_deliveries, sent_notifications
+from b1twilio_pipeline.notifications.send import notify_job
+from b1twilio_pipeline.notifications.sensors import (
     alerts_job,
     automation_sensor,
     build_change_sensor,
@@ -31,13 +36,8 @@ from b1twilio_pipeline.automation import (
     refresh_condition,
     state_refresh_job,
 )
-from b1twilio_pipeline.notify import notify_job
-from b1twilio_pipeline.polling import PollingSettings
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.resources.twilio import TwilioResource
-from b1twilio_pipeline.rules import load_rules
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
+from b1twilio_pipeline.reporting.receivables import overdue_receivables
 
 
 def _automated(asset: dg.AssetsDefinition, condition: dg.AutomationCondition) -> dg.AssetsDefinition:

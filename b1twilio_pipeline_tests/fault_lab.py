@@ -26,9 +26,9 @@ import httpx
 import sqlalchemy as sa
 from twilio.request_validator import RequestValidator
 
-from b1twilio_pipeline.database import dispose_engine, engine_for
-from b1twilio_pipeline.ledger import Ledger
-from b1twilio_pipeline.secrets_store import SecretsStore, generate_key
+from b1twilio_pipeline.core.database import dispose_engine, engine_for
+from b1twilio_pipeline.core.secrets_store import SecretsStore, generate_key
+from b1twilio_pipeline.notifications.ledger import Ledger
 from b1twilio_pipeline_tests.fixtures_pipeline import POSTGRES, create_database, drop_database
 from b1twilio_sim.deployment import (
     Credentials,

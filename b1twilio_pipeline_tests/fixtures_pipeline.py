@@ -21,13 +21,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from b1twilio_pipeline.database import dispose_engine
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.b1.client import SapB1Resource
+from b1twilio_pipeline.core.database import dispose_engine
+from b1twilio_pipeline.core.store_resource import StoreResource
 from b1twilio_pipeline.definitions import build_definitions
-from b1twilio_pipeline.notify import NOTIFICATIONS_KEY
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.resources.twilio import TwilioResource
+from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
 from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 from b1twilio_sim.twilio import TwilioSimulator

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from b1twilio_pipeline.resources.twilio import TwilioResource
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_sim.twilio import TwilioSimulator
 
 SIM_FROM_NUMBER = "+15005550006"

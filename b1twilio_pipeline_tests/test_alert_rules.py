@@ -5,9 +5,9 @@ from typing import Any
 
 import yaml
 
-from b1twilio_pipeline import alert_rules
-from b1twilio_pipeline.rules import Rule, parse_rules
-from b1twilio_pipeline.store import Snapshot
+from b1twilio_pipeline.alerts import evaluation as alert_rules
+from b1twilio_pipeline.alerts.rules import Rule, parse_rules
+from b1twilio_pipeline.b1.snapshot_store import Snapshot
 
 RULES = parse_rules(yaml.safe_load("""
 timezone: UTC
@@ -118,7 +118,7 @@ def test_stock_levels_per_warehouse_or_per_item() -> None:
 
 
 def test_aging_summary_buckets_open_amounts_per_customer() -> None:
-    from b1twilio_pipeline.assets.receivables import aging_frame, aging_summary
+    from b1twilio_pipeline.reporting.receivables import aging_frame, aging_summary
 
     invoices = [
         snap(doc(DocEntry=1, CardName="Acme", DocDueDate="2026-11-10", DocTotal=100.0)),  # 15 days

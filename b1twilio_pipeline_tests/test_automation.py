@@ -11,10 +11,10 @@ from urllib.parse import unquote
 import dagster as dg
 import pytest
 
+from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline.core.store_resource import StoreResource
 from b1twilio_pipeline.definitions import build_definitions
-from b1twilio_pipeline.polling import PollingSettings
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.settings import ConfigurationError
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
 
 K = dg.AssetKey

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from b1twilio_pipeline.b1_filters import (
+from b1twilio_pipeline.b1.filters import (
     DOCUMENT_FIELDS,
     ITEM_FIELDS,
     PAYMENT_FIELDS,

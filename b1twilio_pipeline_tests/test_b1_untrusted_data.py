@@ -10,10 +10,10 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from b1twilio_pipeline.alert_rules import overdue_candidates
-from b1twilio_pipeline.rules import parse_rules
-from b1twilio_pipeline.sql import utcnow
-from b1twilio_pipeline.store import Snapshot
+from b1twilio_pipeline.alerts.evaluation import overdue_candidates
+from b1twilio_pipeline.alerts.rules import parse_rules
+from b1twilio_pipeline.b1.snapshot_store import Snapshot
+from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline_tests.fixtures_pipeline import TEST_RULES, Pipeline
 
 pytestmark = pytest.mark.postgres

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from b1twilio_pipeline.callbacks import create_app, public_request_url, start_background
-from b1twilio_pipeline.delivery_status import StatusEvent, should_advance
+from b1twilio_pipeline.notifications.receiver import create_app, public_request_url, start_background
+from b1twilio_pipeline.notifications.statuses import StatusEvent, should_advance
 
 TOKEN = "test-auth-token-0123456789abcdef"
 MSG_SID = "SM" + "0123456789abcdef" * 2
@@ -254,7 +254,7 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "b1twilio_pipeline.callbacks", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "b1twilio_pipeline.notifications.receiver", "--host", "127.0.0.1", "--port", "0"],
         env=_cli_env(tmp_path, TWILIO_AUTH_TOKEN=TOKEN),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -292,7 +292,7 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 def test_cli_without_auth_token_says_what_to_set(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "b1twilio_pipeline.callbacks", "--port", "0"],
+        [sys.executable, "-m", "b1twilio_pipeline.notifications.receiver", "--port", "0"],
         env=_cli_env(tmp_path),
         capture_output=True,
         text=True,

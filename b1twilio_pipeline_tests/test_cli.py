@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from keyring.backend import KeyringBackend
 
-from b1twilio_pipeline.masking import mask_phone, mask_secret
-from b1twilio_pipeline.secrets_store import parse_key
+from b1twilio_pipeline.core.phones import mask_phone, mask_secret
+from b1twilio_pipeline.core.secrets_store import parse_key
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "b1twilio"
@@ -185,7 +185,7 @@ def test_keyring_holds_the_key_and_follows_rotation(cli: Cli) -> None:
 
 def test_settings_read_env_then_store_then_default(cli: Cli) -> None:
     cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
-    probe = "from b1twilio_pipeline.settings import setting; print(setting('B1_COMPANY_DB', 'DEFAULTDB'))"
+    probe = "from b1twilio_pipeline.core.settings import setting; print(setting('B1_COMPANY_DB', 'DEFAULTDB'))"
 
     def read(env: dict[str, str] | None = None) -> str:
         result = subprocess.run(

@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from b1twilio_pipeline.ledger import FAILED, PLANNED, Ledger, PlannedNotification
-from b1twilio_pipeline.notify import Sender
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.schema import notifications
-from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.core.schema import notifications
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.ledger import FAILED, PLANNED, Ledger, PlannedNotification
+from b1twilio_pipeline.notifications.send import Sender
 from b1twilio_pipeline_tests.fixtures_pipeline import TEST_RULES, Pipeline, PipelineFactory
 
 pytestmark = pytest.mark.postgres

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from b1twilio_pipeline.delivery_status import (
+from b1twilio_pipeline.notifications.statuses import (
     SMS_STATUSES,
     VOICE_STATUSES,
     channel_of,

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from b1twilio_pipeline.rules import load_rules
+from b1twilio_pipeline.alerts.rules import load_rules
 from b1twilio_sim.demo import RULES_FILE
 
 pytestmark = pytest.mark.browser

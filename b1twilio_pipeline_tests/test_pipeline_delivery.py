@@ -9,10 +9,10 @@ from urllib.parse import parse_qs
 import dagster as dg
 import pytest
 
-from b1twilio_pipeline.assets.deliveries import DELIVERIES_KEY
-from b1twilio_pipeline.callbacks import STATUS_PATH, create_app, start_background
-from b1twilio_pipeline.delivery_status import StatusEvent
-from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
+from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
+from b1twilio_pipeline.notifications.statuses import StatusEvent
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
 from b1twilio_sim.twilio import DEMO_AUTH_TOKEN
 

@@ -10,10 +10,10 @@ from urllib.parse import parse_qs
 import dagster as dg
 import pytest
 
-from b1twilio_pipeline.ledger import SENDING, Ledger, RedrivePolicy
-from b1twilio_pipeline.notify import outgoing_text
-from b1twilio_pipeline.resources.twilio import TwilioResource
-from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.ledger import SENDING, Ledger, RedrivePolicy
+from b1twilio_pipeline.notifications.send import outgoing_text
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
 

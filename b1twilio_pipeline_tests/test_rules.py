@@ -9,8 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from b1twilio_pipeline.masking import mask_phone
-from b1twilio_pipeline.rules import (
+from b1twilio_pipeline.alerts.rules import (
     KINDS,
     QuietHours,
     RulesConfigError,
@@ -18,7 +17,8 @@ from b1twilio_pipeline.rules import (
     load_rules,
     rules_path,
 )
-from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.settings import ConfigurationError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 LONDON = ZoneInfo("Europe/London")

@@ -16,14 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from b1twilio_pipeline.resources.sap_b1 import (
+from b1twilio_pipeline.b1.client import (
     SapB1AuthError,
     SapB1Error,
     SapB1Resource,
     SapB1Session,
     SapB1Unavailable,
 )
-from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline.core.settings import ConfigurationError
 from b1twilio_pipeline_tests.fixtures_sap import sap_session_for
 
 

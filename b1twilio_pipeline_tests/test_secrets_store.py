@@ -12,10 +12,10 @@ import pytest
 from keyring.backend import KeyringBackend
 from keyring.errors import KeyringError
 
-from b1twilio_pipeline import secrets_store
-from b1twilio_pipeline.database import database_url
-from b1twilio_pipeline.secrets_store import SecretsStore, SecretsStoreError, generate_key, read_secret
-from b1twilio_pipeline.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core import secrets_store
+from b1twilio_pipeline.core.database import database_url
+from b1twilio_pipeline.core.secrets_store import SecretsStore, SecretsStoreError, generate_key, read_secret
+from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
 
 
 class MemoryKeyring(KeyringBackend):

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from b1twilio_pipeline.database import VERSION_TABLE, dispose_engine, engine_for, head_revision
-from b1twilio_pipeline.ledger import Ledger
-from b1twilio_pipeline.schema import metadata
-from b1twilio_pipeline.store import SnapshotStore
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.core.database import VERSION_TABLE, dispose_engine, engine_for, head_revision
+from b1twilio_pipeline.core.schema import metadata
+from b1twilio_pipeline.notifications.ledger import Ledger
 from b1twilio_pipeline_tests.fixtures_pipeline import create_database, drop_database
 
 OLD_SCHEMA = Path(__file__).with_name("data") / "store_0_1_0.sql"

@@ -17,7 +17,8 @@ import dagster as dg
 import pytest
 from twilio.request_validator import RequestValidator
 
-from b1twilio_pipeline.resources.twilio import (
+from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline.notifications.twilio_resource import (
     AmbiguousDelivery,
     DeliveryStatus,
     Outbound,
@@ -25,7 +26,6 @@ from b1twilio_pipeline.resources.twilio import (
     TwilioResource,
     TwilioSendError,
 )
-from b1twilio_pipeline.settings import ConfigurationError
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
 from b1twilio_sim.twilio import TwilioSimulator
 

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from b1twilio_pipeline.settings import ConfigurationError
+from b1twilio_pipeline.core.settings import ConfigurationError
 from b1twilio_sim.deployment import (
     HOST,
     SQLITE_INSTANCE,

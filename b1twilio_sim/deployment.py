@@ -111,9 +111,9 @@ class Simulators:
 
 def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
                      status_delay_s: float = 1.0) -> Simulators:
-    from b1twilio_pipeline.callbacks import STATUS_PATH, create_app, start_background
-    from b1twilio_pipeline.database import engine_for
-    from b1twilio_pipeline.ledger import Ledger
+    from b1twilio_pipeline.core.database import engine_for
+    from b1twilio_pipeline.notifications.ledger import Ledger
+    from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
 
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
                          password=creds.password, timezone=timezone, seed=seed).start_background()

@@ -24,7 +24,7 @@ DEFAULT_LATENCY_S = 0.005
 
 def open_window(now: datetime, timezone: str = "UTC") -> tuple[datetime, datetime]:
     """The still-open polling window at `now`, from the same partitions definition the schedule uses."""
-    from b1twilio_pipeline.polling import PollingSettings
+    from b1twilio_pipeline.b1.windows import PollingSettings
 
     partitions = PollingSettings.from_settings(timezone).partitions_def()
     key = partitions.get_partition_key_for_timestamp(now.timestamp())
@@ -34,7 +34,7 @@ def open_window(now: datetime, timezone: str = "UTC") -> tuple[datetime, datetim
 
 def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] | None) -> dict[str, Any]:
     """Poll every snapshot entity once (windowed, or the whole set when `window` is None)."""
-    from b1twilio_pipeline.assets.snapshots import ENTITIES
+    from b1twilio_pipeline.b1.snapshots import ENTITIES
 
     sim.reset_requests()
     per_entity: dict[str, int] = {}
@@ -54,10 +54,10 @@ def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] 
 
 
 def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) -> BenchResult:
-    from b1twilio_pipeline.assets.snapshots import ENTITIES
-    from b1twilio_pipeline.database import engine_for
-    from b1twilio_pipeline.resources.sap_b1 import SapB1Session
-    from b1twilio_pipeline.store import SnapshotStore
+    from b1twilio_pipeline.b1.client import SapB1Session
+    from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+    from b1twilio_pipeline.b1.snapshots import ENTITIES
+    from b1twilio_pipeline.core.database import engine_for
     from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 
     sim = SapB1Simulator(port=0, seed=True).start_background()  # started first: stop() needs a server loop

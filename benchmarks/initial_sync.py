@@ -51,10 +51,10 @@ WORKER_TIMEOUT_S = 3600
 def sync_optimized(base_url: str, db_url: str, password: str, page_size: int = OPTIMIZED_PAGE_SIZE,
                    company_db: str = "SBODEMOUS", username: str = "manager") -> dict[str, Any]:
     """The pipeline's way: big pages, `$select`, streamed into chunked bulk upserts."""
-    from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME
-    from b1twilio_pipeline.database import engine_for
-    from b1twilio_pipeline.resources.sap_b1 import SapB1Session
-    from b1twilio_pipeline.store import SnapshotStore
+    from b1twilio_pipeline.b1.client import SapB1Session
+    from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+    from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME
+    from b1twilio_pipeline.core.database import engine_for
 
     spec = ENTITY_BY_NAME["sales_invoices"]
     engine = engine_for(db_url)
@@ -80,13 +80,14 @@ def sync_naive(base_url: str, db_url: str, password: str, company_db: str = "SBO
     import httpx
     from sqlalchemy.dialects import sqlite
 
+    from b1twilio_pipeline.b1.client import SapB1Session  # noqa: F401
+    from b1twilio_pipeline.b1.snapshot_store import content_hash
+
     # Same imports as the optimized worker, so both start from a comparable resident size.
-    from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME  # noqa: F401
-    from b1twilio_pipeline.database import engine_for
-    from b1twilio_pipeline.resources.sap_b1 import SapB1Session  # noqa: F401
-    from b1twilio_pipeline.schema import snapshots
-    from b1twilio_pipeline.sql import utcnow
-    from b1twilio_pipeline.store import content_hash
+    from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME  # noqa: F401
+    from b1twilio_pipeline.core.database import engine_for
+    from b1twilio_pipeline.core.schema import snapshots
+    from b1twilio_pipeline.core.sql import utcnow
 
     engine = engine_for(db_url)
     rss_before = current_rss_kib()
@@ -208,7 +209,7 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S,
 
 
 def _document_fields() -> tuple[str, ...]:
-    from b1twilio_pipeline.b1_filters import DOCUMENT_FIELDS
+    from b1twilio_pipeline.b1.filters import DOCUMENT_FIELDS
 
     return DOCUMENT_FIELDS
 

@@ -1,1 +1,1 @@
-"""Alembic migrations of the pipeline's own database (see `b1twilio_pipeline.database`)."""
+"""Alembic migrations of the pipeline's own database (see `b1twilio_pipeline.core.database`)."""

@@ -7,7 +7,7 @@ place, so migrations run in batch mode there (copy, alter, swap), which is a no-
 
 from alembic import context
 
-from b1twilio_pipeline.schema import metadata
+from b1twilio_pipeline.core.schema import metadata
 
 VERSION_TABLE = "b1tw_schema_version"
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from b1twilio_pipeline.rules import Rule
-from b1twilio_pipeline.store import Snapshot
+from b1twilio_pipeline.alerts.rules import Rule
+from b1twilio_pipeline.b1.snapshot_store import Snapshot
 
 DOCUMENT_TEMPLATE_FIELDS = ("DocEntry", "DocNum", "DocDate", "DocDueDate", "CardCode", "CardName",
                             "NumAtCard", "DocTotal", "DocCurrency", "PaidToDate", "Comments")

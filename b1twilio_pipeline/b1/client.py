@@ -26,7 +26,7 @@ import dagster as dg
 import httpx
 from pydantic import Field, PrivateAttr
 
-from b1twilio_pipeline.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 

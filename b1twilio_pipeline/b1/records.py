@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from b1twilio_pipeline.markdown import markdown_table
+from b1twilio_pipeline.core.markdown import markdown_table
 
 MAX_KEY_LENGTH = 64
 DATE_FIELDS = ("DocDate", "DocDueDate", "TaxDate", "CreationDate", "UpdateDate", "CreateDate", "DueDate",

@@ -13,23 +13,23 @@ from typing import Any
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from b1twilio_pipeline import alert_rules
-from b1twilio_pipeline.alert_rules import Candidate
-from b1twilio_pipeline.assets.snapshots import (
+from b1twilio_pipeline.alerts import evaluation as alert_rules
+from b1twilio_pipeline.alerts.evaluation import Candidate
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.alerts.rules import Recipient, Rule
+from b1twilio_pipeline.b1.snapshot_store import AlertStore, Snapshot, SnapshotStore
+from b1twilio_pipeline.b1.snapshots import (
     ENTITY_BY_NAME,
     OPEN_INVOICES_KEY,
     STOCK_LEVELS_KEY,
     snapshot_key,
 )
-from b1twilio_pipeline.ledger import PlannedNotification, bounded_id
-from b1twilio_pipeline.markdown import markdown_table
-from b1twilio_pipeline.masking import mask_phone
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.rules import Recipient, Rule
-from b1twilio_pipeline.settings import ConfigurationError
-from b1twilio_pipeline.sql import utcnow
-from b1twilio_pipeline.store import AlertStore, Snapshot, SnapshotStore
+from b1twilio_pipeline.core.markdown import markdown_table
+from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.notifications.ledger import PlannedNotification, bounded_id
 
 ALERTS_GROUP = "alerts"
 NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from b1twilio_pipeline.assets.alerts import ALERTS_GROUP
-from b1twilio_pipeline.assets.deliveries import AUDIT_KEY, DELIVERIES_KEY
-from b1twilio_pipeline.assets.snapshots import SNAPSHOT_GROUP, STATE_GROUP, EntitySpec, snapshot_key
-from b1twilio_pipeline.change_detection import OVERLAP, Change, probe_new, probe_stamped
-from b1twilio_pipeline.notify import TAG_PREFIX, notify_job
-from b1twilio_pipeline.polling import CALENDAR_CRON, PollingSettings
-from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP
+from b1twilio_pipeline.b1.change_detection import OVERLAP, Change, probe_new, probe_stamped
+from b1twilio_pipeline.b1.client import SapB1Resource
+from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP, STATE_GROUP, EntitySpec, snapshot_key
+from b1twilio_pipeline.b1.windows import CALENDAR_CRON, PollingSettings
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.notifications.deliveries import AUDIT_KEY, DELIVERIES_KEY
+from b1twilio_pipeline.notifications.send import TAG_PREFIX, notify_job
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from b1twilio_pipeline.settings import ConfigurationError, int_setting, setting
+from b1twilio_pipeline.core.settings import ConfigurationError, int_setting, setting
 
 WINDOW_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 REFRESH_MINUTES = (5, 10, 15, 20, 30, 60, 120, 180, 240, 360, 480, 720, 1440)

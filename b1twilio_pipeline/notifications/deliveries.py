@@ -13,19 +13,19 @@ from typing import Any
 
 import dagster as dg
 
-from b1twilio_pipeline import audit
-from b1twilio_pipeline.assets.alerts import NOTIFICATION_PLAN_KEY, plan_for
-from b1twilio_pipeline.delivery_status import StatusEvent, is_exception, is_final
-from b1twilio_pipeline.ledger import DeliveryEvent, Ledger, Notification
-from b1twilio_pipeline.markdown import markdown_table
-from b1twilio_pipeline.notify import NOTIFICATIONS_KEY
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.resources.twilio import TwilioResource, TwilioSendError
-from b1twilio_pipeline.rules import RulesConfig
-from b1twilio_pipeline.settings import int_setting
-from b1twilio_pipeline.sql import utcnow
+from b1twilio_pipeline.alerts.assets import NOTIFICATION_PLAN_KEY, plan_for
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.alerts.rules import RulesConfig
+from b1twilio_pipeline.b1 import audit_table as audit
+from b1twilio_pipeline.b1.client import SapB1Error, SapB1Resource
+from b1twilio_pipeline.core.markdown import markdown_table
+from b1twilio_pipeline.core.settings import int_setting
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.notifications.ledger import DeliveryEvent, Ledger, Notification
+from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
+from b1twilio_pipeline.notifications.statuses import StatusEvent, is_exception, is_final
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource, TwilioSendError
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
 AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])

@@ -7,13 +7,13 @@ from datetime import date, datetime
 import dagster as dg
 import pandas as pd
 
-from b1twilio_pipeline.alert_rules import open_amount, parse_day
-from b1twilio_pipeline.assets.alerts import ALERTS_GROUP
-from b1twilio_pipeline.assets.snapshots import ENTITY_BY_NAME, OPEN_INVOICES_KEY, snapshot_key
-from b1twilio_pipeline.markdown import markdown_table
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.store import Snapshot
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP
+from b1twilio_pipeline.alerts.evaluation import open_amount, parse_day
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.b1.snapshot_store import Snapshot
+from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME, OPEN_INVOICES_KEY, snapshot_key
+from b1twilio_pipeline.core.markdown import markdown_table
+from b1twilio_pipeline.core.store_resource import StoreResource
 
 AGING_BUCKETS = (0, 30, 60, 90)
 BUCKET_LABELS = ("1-30 days", "31-60 days", "61-90 days", "over 90 days")

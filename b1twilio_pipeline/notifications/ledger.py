@@ -30,10 +30,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from b1twilio_pipeline.delivery_status import StatusEvent, is_final, should_advance
-from b1twilio_pipeline.schema import alert_events, delivery_events, notifications
-from b1twilio_pipeline.settings import int_setting
-from b1twilio_pipeline.sql import aware, chunks, insert, utcnow
+from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
+from b1twilio_pipeline.core.settings import int_setting
+from b1twilio_pipeline.core.sql import aware, chunks, insert, utcnow
+from b1twilio_pipeline.notifications.statuses import StatusEvent, is_final, should_advance
 
 PLANNED, SENDING, FAILED, REVIEW = "planned", "sending", "failed", "review"
 # Final statuses and read receipts: each is written to the B1 audit table once.

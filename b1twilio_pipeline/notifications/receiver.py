@@ -7,7 +7,7 @@ trusted); anything unsigned or mis-signed gets 403 and is not recorded. Valid ev
 `StatusSink` (the notification ledger), which decides with `delivery_status.should_advance` whether
 anything changed, so replays and out-of-order callbacks are harmless.
 
-Run it: `python -m b1twilio_pipeline.callbacks --host 127.0.0.1 --port 8788`.
+Run it: `python -m b1twilio_pipeline.notifications.receiver --host 127.0.0.1 --port 8788`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
-from b1twilio_pipeline.delivery_status import StatusEvent, channel_of, should_advance
-from b1twilio_pipeline.masking import mask_phone
-from b1twilio_pipeline.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of, should_advance
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _STATUS = re.compile(r"^[a-z][a-z_-]{0,39}$")
 
 
 class StatusSink(Protocol):
-    """Where valid status events go: the notification ledger (`b1twilio_pipeline.store`)."""
+    """Where valid status events go: the notification ledger (`b1twilio_pipeline.b1.snapshot_store`)."""
 
     def apply_status(self, event: StatusEvent) -> bool:
         """Record `event` if it advances the SID's status; True when the ledger changed."""
@@ -281,8 +281,8 @@ def start_background(
 
 def _sink_from_settings() -> StatusSink:
     """The notification ledger on B1TWILIO_DATABASE_URL (the same database the pipeline uses)."""
-    from b1twilio_pipeline.database import engine_for
-    from b1twilio_pipeline.ledger import Ledger
+    from b1twilio_pipeline.core.database import engine_for
+    from b1twilio_pipeline.notifications.ledger import Ledger
 
     return Ledger(engine_for())
 
@@ -295,7 +295,7 @@ def dagster_reporter() -> Callable[[StatusEvent], None] | None:
         return None
     import dagster as dg
 
-    from b1twilio_pipeline.assets.deliveries import DELIVERIES_KEY
+    from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
 
     instance = dg.DagsterInstance.get()
 
@@ -311,7 +311,7 @@ def dagster_reporter() -> Callable[[StatusEvent], None] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: serve the receiver until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m b1twilio_pipeline.callbacks", description=__doc__.split("\n")[0]
+        prog="python -m b1twilio_pipeline.notifications.receiver", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(

@@ -25,9 +25,9 @@ from alembic.script import ScriptDirectory
 from filelock import FileLock
 from sqlalchemy.engine import Connection, Engine
 
-from b1twilio_pipeline.settings import setting
+from b1twilio_pipeline.core.settings import setting
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = Path(__file__).parents[1] / "migrations"
 VERSION_TABLE = "b1tw_schema_version"
 FIRST_RELEASE_REVISION = "0001"
 _ADVISORY_LOCK_KEY = 0x6231_7477  # "b1tw"

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Session
+from b1twilio_pipeline.b1.client import SapB1Error, SapB1Session
 
 TABLE = "B1TW_AUDIT"
 FIELDS: tuple[tuple[str, int, str], ...] = (
@@ -92,7 +92,7 @@ def write_record(session: SapB1Session, record: AuditRecord) -> str:
 
 def setup_audit_table_command(args: argparse.Namespace) -> int:
     """`b1twilio setup-b1-audit-table`: uses the same settings as the pipeline's SapB1Resource."""
-    from b1twilio_pipeline.resources.sap_b1 import SapB1Resource
+    from b1twilio_pipeline.b1.client import SapB1Resource
 
     session = SapB1Resource().session()
     try:

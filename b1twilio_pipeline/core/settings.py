@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from b1twilio_pipeline.errors import ConfigurationError
-from b1twilio_pipeline.secrets_store import read_secret
+from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.secrets_store import read_secret
 
 __all__ = ["ConfigurationError", "int_setting", "require_setting", "setting"]
 

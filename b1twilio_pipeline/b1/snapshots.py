@@ -14,10 +14,11 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from b1twilio_pipeline import b1_filters, b1_records
-from b1twilio_pipeline.resources.sap_b1 import SapB1Error, SapB1Resource, SapB1Session
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.store import UpsertCounts
+from b1twilio_pipeline.b1 import filters as b1_filters
+from b1twilio_pipeline.b1 import records as b1_records
+from b1twilio_pipeline.b1.client import SapB1Error, SapB1Resource, SapB1Session
+from b1twilio_pipeline.b1.snapshot_store import UpsertCounts
+from b1twilio_pipeline.core.store_resource import StoreResource
 
 SNAPSHOT_GROUP = "b1_snapshots"
 # On top of the client's own backoff: a B1 outage longer than its retry budget gets two more tries.

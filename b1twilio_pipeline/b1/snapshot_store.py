@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from b1twilio_pipeline.schema import alert_events, snapshots, stock_state
-from b1twilio_pipeline.sql import aware, chunks, insert, utcnow
+from b1twilio_pipeline.core.schema import alert_events, snapshots, stock_state
+from b1twilio_pipeline.core.sql import aware, chunks, insert, utcnow
 
 # Entities whose records are documents with an open/closed state.
 DOCUMENT_ENTITIES = frozenset({"Invoices", "PurchaseInvoices", "PurchaseOrders"})

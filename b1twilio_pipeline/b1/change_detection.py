@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from b1twilio_pipeline.assets.snapshots import EntitySpec
-from b1twilio_pipeline.b1_filters import changed_since_filter
-from b1twilio_pipeline.resources.sap_b1 import SapB1Session
-from b1twilio_pipeline.store import SnapshotStore
+from b1twilio_pipeline.b1.client import SapB1Session
+from b1twilio_pipeline.b1.filters import changed_since_filter
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.b1.snapshots import EntitySpec
 
 PROBE_TOP = 200
 OVERLAP = timedelta(minutes=1)

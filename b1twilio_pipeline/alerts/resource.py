@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from b1twilio_pipeline.rules import RulesConfig, load_rules
+from b1twilio_pipeline.alerts.rules import RulesConfig, load_rules
 
 
 class RulesResource(dg.ConfigurableResource):

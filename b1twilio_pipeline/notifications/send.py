@@ -19,20 +19,20 @@ from datetime import datetime, timedelta
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
 
-from b1twilio_pipeline.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
-from b1twilio_pipeline.masking import mask_phones_in
-from b1twilio_pipeline.resources.rules import RulesResource
-from b1twilio_pipeline.resources.store import StoreResource
-from b1twilio_pipeline.resources.twilio import (
+from b1twilio_pipeline.alerts.resource import RulesResource
+from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
+from b1twilio_pipeline.core.phones import mask_phones_in
+from b1twilio_pipeline.core.settings import ConfigurationError, setting
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.notifications.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
+from b1twilio_pipeline.notifications.twilio_resource import (
     AmbiguousDelivery,
     Outbound,
     SentNotification,
     TwilioResource,
     TwilioSendError,
 )
-from b1twilio_pipeline.rules import Recipient, RulesConfig
-from b1twilio_pipeline.settings import ConfigurationError, setting
-from b1twilio_pipeline.sql import utcnow
 
 NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
 TAG_PREFIX = "b1twilio"

@@ -27,9 +27,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from b1twilio_pipeline.masking import mask_phone
-from b1twilio_pipeline.quiet_hours import QuietHours
-from b1twilio_pipeline.settings import ConfigurationError, setting
+from b1twilio_pipeline.alerts.quiet_hours import QuietHours
+from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.settings import ConfigurationError, setting
 
 __all__ = [
     "CHANNELS",

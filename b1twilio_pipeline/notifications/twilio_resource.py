@@ -1,6 +1,6 @@
 """TwilioResource: SMS and voice alerts through the official `twilio` client.
 
-Settings are resolved at run time (constructor field, else `b1twilio_pipeline.settings`), never at
+Settings are resolved at run time (constructor field, else `b1twilio_pipeline.core.settings`), never at
 import. A base-URL override (`TWILIO_API_BASE_URL`) is applied inside the client's own HTTP layer, so a
 simulator or proxy sees exactly the requests production would send to Twilio.
 
@@ -36,8 +36,8 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 from urllib3.exceptions import NewConnectionError
 
-from b1twilio_pipeline.masking import mask_phone, mask_phones_in
-from b1twilio_pipeline.settings import ConfigurationError, setting
+from b1twilio_pipeline.core.phones import mask_phone, mask_phones_in
+from b1twilio_pipeline.core.settings import ConfigurationError, setting
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ File layout: `B1TWSEC1` (format magic, also the AAD) + 12-byte nonce + ciphertex
 `{"version": 1, "secrets": {NAME: value}}`.
 
 Names are the setting names of SPEC section 9 (`KNOWN_NAMES`) plus `PHONE_<REF>` for recipients whose
-rules file entry says `phone_ref: <ref>` (see `b1twilio_pipeline.rules.phone_secret_name`).
+rules file entry says `phone_ref: <ref>` (see `b1twilio_pipeline.alerts.rules.phone_secret_name`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from b1twilio_pipeline.errors import ConfigurationError
+from b1twilio_pipeline.core.errors import ConfigurationError
 
 
 class SecretsStoreError(ConfigurationError):
@@ -189,8 +189,8 @@ def is_phone_name(name: str) -> bool:
 
 def validate_entry(name: str, value: str, *, allow_unknown: bool = False) -> None:
     """Refuse names nothing reads (a typo would silently leave a setting unset) and malformed numbers."""
-    from b1twilio_pipeline.masking import mask_phone
-    from b1twilio_pipeline.rules import is_e164
+    from b1twilio_pipeline.alerts.rules import is_e164
+    from b1twilio_pipeline.core.phones import mask_phone
 
     if name == KEY_ENV:
         raise SecretsStoreError(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from b1twilio_pipeline.database import engine_for
-from b1twilio_pipeline.ledger import Ledger, RedrivePolicy
-from b1twilio_pipeline.store import AlertStore, SnapshotStore
+from b1twilio_pipeline.b1.snapshot_store import AlertStore, SnapshotStore
+from b1twilio_pipeline.core.database import engine_for
+from b1twilio_pipeline.notifications.ledger import Ledger, RedrivePolicy
 
 
 class StoreResource(dg.ConfigurableResource):

@@ -1,1 +1,0 @@
-"""Dagster resources wrapping the SAP Business One Service Layer session and the Twilio client."""
