@@ -1,4 +1,6 @@
-"""The code location: every asset, job, sensor and resource, merged into one `defs`.
+"""The code location: the stages' definitions along the flow SAP -> snapshots -> alerts -> notifications ->
+delivery status -> SAP audit, merged into one `defs`, with what ties them together (the change job that
+reads a window and evaluates what depends on it in one run, and declarative automation).
 
 The rules file is read here (not a secret) so the UI shows the rules, the change sensor watches only what
 the enabled rules need, and a broken file is refused when the code location loads; secrets are only read
@@ -7,41 +9,38 @@ when a run starts or a sensor asks B1.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dagster as dg
 
-from b1twilio_pipeline.alerts.assets import (
-    ALERT_KINDS,
-    CALENDAR_KINDS,
-    WATCHED_BY_KIND,
-    build_alert_asset,
-    notification_plan,
-)
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, WATCHED_BY_KIND
+from b1twilio_pipeline.alerts.definitions import alerts_definitions
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import load_rules
-from b1twilio_pipeline.b1.client import SapB1Resource
-from b1twilio_pipeline.b1.snapshots import ENTITIES, ENTITY_BY_NAME, STATE_ASSETS, build_snapshot_asset
+from b1twilio_pipeline.b1.definitions import b1_definitions, snapshot_assets
+from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME, snapshot_key
+from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.b1.sensors import CHANGE_JOB
+from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP
+from b1twilio_pipeline.b1.state import STATE_GROUP
 from b1twilio_pipeline.b1.windows import PollingSettings
-from b1twilio_pipeline.core.store_resource import StoreResource
-from b1twilio_pipeline.notifications.deliveries import b1_audit_records, notification_deliveries, sent_notifications
-from b1twilio_pipeline.notifications.send import notify_job
-from b1twilio_pipeline.notifications.sensors import (
-    alerts_job,
-    automation_sensor,
-    build_change_sensor,
-    build_snapshot_jobs,
-    delivery_job,
-    delivery_status_sensor,
-    follow_condition,
-    notification_sensor,
-    refresh_condition,
-    state_refresh_job,
-)
+from b1twilio_pipeline.core.automation import KIND, RUNNING
+from b1twilio_pipeline.core.database_resource import DatabaseResource
+from b1twilio_pipeline.notifications import definitions as notifications
+from b1twilio_pipeline.notifications.plan import notification_plan
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
-from b1twilio_pipeline.reporting.receivables import overdue_receivables
+from b1twilio_pipeline.reporting.definitions import reporting_definitions
 
 
-def _automated(asset: dg.AssetsDefinition, condition: dg.AutomationCondition) -> dg.AssetsDefinition:
-    return asset.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))
+def downstream_of(assets: Iterable[dg.AssetsDefinition], root: dg.AssetKey) -> set[dg.AssetKey]:
+    """Every asset among `assets` that depends, directly or not, on `root`."""
+    deps = {key: set(inputs) for asset in assets for key, inputs in asset.asset_deps.items()}
+    found: set[dg.AssetKey] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {key for key, inputs in deps.items() if inputs & frontier} - found
+        found |= frontier
+    return found
 
 
 def build_definitions(rules_path: str | None = None,
@@ -50,33 +49,40 @@ def build_definitions(rules_path: str | None = None,
     rules = load_rules(rules_path)
     polling = PollingSettings.from_settings(rules.timezone)
     partitions_def = polling.partitions_def()
-    rules_markdown = rules.describe()
-    calendar = follow_condition(calendar_timezone=polling.timezone)
-    snapshots = [build_snapshot_asset(spec, partitions_def) for spec in ENTITIES]
-    evaluations = [
-        *(_automated(build_alert_asset(kind, rules_markdown), calendar if kind in CALENDAR_KINDS else
-                     follow_condition()) for kind in ALERT_KINDS),
-        _automated(notification_plan, follow_condition()),
-        _automated(overdue_receivables, calendar),
-    ]
-    assets = [*snapshots, *(_automated(a, refresh_condition(polling)) for a in STATE_ASSETS), *evaluations]
-    watched = sorted({name for rule in rules.enabled_rules() for name in WATCHED_BY_KIND[rule.kind]})
-    return dg.Definitions(
+    alerts = alerts_definitions(rules)
+    reporting = reporting_definitions(polling.timezone)
+    # The alerts group: everything a change run may evaluate after reading its window.
+    evaluations = [*alerts.assets, notification_plan, *reporting.assets]
+    watched = [ENTITY_BY_NAME[name] for name in
+               sorted({name for rule in rules.enabled_rules() for name in WATCHED_BY_KIND[rule.kind]})]
+    snapshots = snapshot_assets(partitions_def)
+    follow = {spec.entity: sorted(downstream_of([*snapshots, *evaluations], snapshot_key(spec)) | {snapshot_key(spec)})
+              for spec in watched}
+    glue = dg.Definitions(
+        jobs=[dg.define_asset_job(
+            CHANGE_JOB, selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
+            partitions_def=partitions_def, tags={KIND: "change"},
+            description="Read the windows B1 changed in, evaluate the rules that depend on them and plan the "
+                        "notifications, in one run (launched by b1_change_sensor).")],
+        sensors=[dg.AutomationConditionSensorDefinition(
+            "automation_condition_sensor", target=dg.AssetSelection.groups(STATE_GROUP, ALERTS_GROUP),
+            default_status=RUNNING, minimum_interval_seconds=max(30, polling.change_check_seconds),
+            run_tags={KIND: "refresh"},
+            description="Refreshes the open-invoice and stock state on its cron, re-evaluates overdue reminders "
+                        "after midnight, and evaluates alerts whose inputs a backfill updated.")],
         # Steps are small and wait on HTTP: one process per run, not per step (a fresh Python per step
         # costs seconds of CPU each). Scale-out comes from the run launcher, not the executor.
         executor=dg.in_process_executor,
-        assets=[*assets, sent_notifications, notification_deliveries, b1_audit_records],
-        jobs=[*build_snapshot_jobs(partitions_def), state_refresh_job, alerts_job, notify_job, delivery_job],
-        sensors=[build_change_sensor(polling, partitions_def, [ENTITY_BY_NAME[n] for n in watched], assets),
-                 automation_sensor(polling), notification_sensor, delivery_status_sensor],
         resources={
             "sap": SapB1Resource(),
             "twilio": TwilioResource(),
-            "store": StoreResource(),
+            "database": DatabaseResource(),
             "rules": RulesResource(path=rules_path),
             **(resources or {}),
         },
     )
+    return dg.Definitions.merge(b1_definitions(polling, partitions_def, watched, follow), alerts,
+                                notifications.defs, reporting, glue)
 
 
 defs = build_definitions()

@@ -22,10 +22,13 @@ import pytest
 import sqlalchemy as sa
 
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.b1.client import SapB1Resource
+from b1twilio_pipeline.alerts.store import AlertStore
+from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.core.database import dispose_engine
-from b1twilio_pipeline.core.store_resource import StoreResource
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.definitions import build_definitions
+from b1twilio_pipeline.notifications.ledger import Ledger
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
@@ -162,9 +165,18 @@ class Pipeline:
     instance: dg.DagsterInstance
     sap: SapB1Simulator
     twilio: TwilioSimulator
-    store: StoreResource
+    database: DatabaseResource
     rules_file: Path
     cursors: dict[str, str | None] = field(default_factory=dict)
+
+    def snapshots(self) -> SnapshotStore:
+        return SnapshotStore(self.database.engine)
+
+    def alerts(self) -> AlertStore:
+        return AlertStore(self.database.engine)
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.database.engine)
 
     def run_job(self, name: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
         result = self.defs.resolve_job_def(name).execute_in_process(instance=self.instance, **kwargs)
@@ -189,7 +201,8 @@ class Pipeline:
         sensor = self.defs.resolve_sensor_def(sensor_name)
         with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor_name),
                                      definitions=self.defs,
-                                     resources={"store": self.store, "sap": self.defs.resources["sap"]}) as context:
+                                     resources={"database": self.database,
+                                                "sap": self.defs.resources["sap"]}) as context:
             result = sensor(context)
             cursor = getattr(result, "cursor", None) or context.cursor
         self.cursors[sensor_name] = cursor
@@ -255,7 +268,7 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
         sap = SapB1Simulator(port=0, seed=False).start_background()
         twilio = TwilioSimulator(port=0, status_delay_s=0.05).start_background()
         twilio.set_auto_advance(False)
-        store = StoreResource(database_url=pg_store_url)
+        database = DatabaseResource(database_url=pg_store_url)
         resources: dict[str, dg.ConfigurableResource] = {
             "sap": SapB1Resource(service_layer_url=sap.base_url, company_db=sap.company_db,
                                  username=sap.username, password=DEMO_PASSWORD, timezone=sap.timezone,
@@ -264,11 +277,11 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
                                      from_number=SIM_FROM_NUMBER, api_base_url=twilio.url,
                                      status_callback_url=status_callback_url, backoff_base_s=0.001,
                                      backoff_max_s=0.01),
-            "store": store,
+            "database": database,
             "rules": RulesResource(path=str(rules_file)),
         }
         defs = build_definitions(rules_path=str(rules_file), resources=resources)
-        started.append(Pipeline(defs, instance or pg_instance, sap, twilio, store, rules_file))
+        started.append(Pipeline(defs, instance or pg_instance, sap, twilio, database, rules_file))
         return started[-1]
 
     yield build

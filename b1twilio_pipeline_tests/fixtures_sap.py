@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from b1twilio_pipeline.b1.client import SapB1Resource, SapB1Session
+from b1twilio_pipeline.b1.client import SapB1Session
+from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_sim.sap_b1 import SapB1Simulator
 
 FAST_RETRY: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5.0}

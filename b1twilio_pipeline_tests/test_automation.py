@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.settings import ConfigurationError
-from b1twilio_pipeline.core.store_resource import StoreResource
 from b1twilio_pipeline.definitions import build_definitions
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
 
@@ -134,9 +134,9 @@ def _tick(defs: dg.Definitions, name: str, instance: dg.DagsterInstance,
 
 def test_notification_and_delivery_sensors_sleep_while_the_ledger_is_quiet(tmp_path: Path) -> None:
     defs = build_definitions()
-    store = StoreResource(database_url=f"sqlite:///{tmp_path}/store.sqlite")
+    database = DatabaseResource(database_url=f"sqlite:///{tmp_path}/store.sqlite")
     with dg.instance_for_test() as instance:
-        assert isinstance(_tick(defs, "delivery_status_sensor", instance, store=store), dg.SkipReason)
-        result = _tick(defs, "notification_sensor", instance, store=store)
+        assert isinstance(_tick(defs, "delivery_status_sensor", instance, database=database), dg.SkipReason)
+        result = _tick(defs, "notification_sensor", instance, database=database)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
     assert result.skip_reason is not None and "no notification is due" in result.skip_reason.skip_message

@@ -74,7 +74,7 @@ def test_an_invoice_gone_from_b1_does_not_break_the_state_refresh(pipeline: Pipe
                 .metadata["vanished_from_b1"].value for _ in range(2)]
 
     assert vanished == [1, 0]  # noticed once, closed, and the refresh keeps working
-    assert list(pipeline.store.snapshots().iter_entity("Invoices", open_only=True)) == []
+    assert list(pipeline.snapshots().iter_entity("Invoices", open_only=True)) == []
     pipeline.evaluate()
     pipeline.notify()
     assert pipeline.twilio.calls() == []

@@ -51,7 +51,7 @@ def test_twilio_outage_longer_than_every_retry_is_redriven_and_sent_once(pipelin
     pipeline.twilio.set_faults(fail_all=True, fail_status=503)
     first = pipeline.flow()
     assert first[0].success and pipeline.twilio.messages() == []
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
     waiting = [n for n in ledger.due(utcnow() + timedelta(minutes=1))]
     assert {n.status for n in waiting} == {PLANNED} and all(n.lookup_since for n in waiting)
     assert all("HTTP 503" in (n.error_message or "") for n in waiting)
@@ -82,7 +82,7 @@ def test_missing_phone_secret_names_the_fix_and_sends_once_it_is_set(pipeline_fa
     _supplier_invoice(pipeline)
     pipeline.flow()
     assert _sms_to(pipeline, RAY) and not _sms_to(pipeline, DANA)
-    waiting = pipeline.store.ledger().due(utcnow() + timedelta(minutes=1))
+    waiting = pipeline.ledger().due(utcnow() + timedelta(minutes=1))
     assert len(waiting) == 1 and "b1twilio secrets set PHONE_DANA" in (waiting[0].error_message or "")
     assert waiting[0].recipient_masked == "[PHONE_DANA]"
 
@@ -98,7 +98,7 @@ def test_recipient_removed_from_the_rules_then_restored_is_told_once(pipeline: P
     pipeline.rules_file.write_text(TEST_RULES.replace('    - {name: Ray, phone: "+15005550102"}\n', ""))
     pipeline.notify()
     assert _sms_to(pipeline, DANA) and not _sms_to(pipeline, RAY)
-    waiting = pipeline.store.ledger().due(utcnow() + timedelta(minutes=1))
+    waiting = pipeline.ledger().due(utcnow() + timedelta(minutes=1))
     assert "'Ray'" in (waiting[0].error_message or "") and "add them back" in (waiting[0].error_message or "")
 
     pipeline.rules_file.write_text(TEST_RULES)
@@ -126,7 +126,7 @@ def test_after_the_attempt_limit_it_is_failed_visible_and_the_admins_are_told(
     assert not _sms_to(pipeline, DANA) and not _sms_to(pipeline, RAY)
     checks = {c.check_name: c.passed for c in pipeline.deliveries().get_asset_check_evaluations()}
     assert checks["no_failed_notifications"] is False
-    assert {n.status for n in pipeline.store.ledger().unresolved_failures(utcnow() - timedelta(hours=1))} == {FAILED}
+    assert {n.status for n in pipeline.ledger().unresolved_failures(utcnow() - timedelta(hours=1))} == {FAILED}
 
 
 def test_permanent_rejection_fails_at_once_and_tells_the_admins(pipeline_factory: PipelineFactory) -> None:
@@ -145,14 +145,14 @@ def test_two_workers_on_the_same_notifications_send_each_once(pipeline: Pipeline
     _supplier_invoice(pipeline)
     pipeline.poll()
     pipeline.evaluate()
-    due = [(n.notification_id, n.attempts) for n in pipeline.store.ledger().due(utcnow())]
+    due = [(n.notification_id, n.attempts) for n in pipeline.ledger().due(utcnow())]
     pipeline.twilio.set_latency(0.5)  # both workers are in flight together
     rules = RulesResource(path=str(pipeline.rules_file)).load()
     twilio = pipeline.defs.resources["twilio"]
     outcomes: list[object] = []
 
     def work(owner: str) -> None:
-        sender = Sender(pipeline.store.ledger(), twilio, rules, owner)
+        sender = Sender(pipeline.ledger(), twilio, rules, owner)
         outcomes.extend(sender.process(notification_id, attempts) for notification_id, attempts in due)
 
     threads = [threading.Thread(target=work, args=(f"worker-{n}",)) for n in range(2)]
@@ -169,7 +169,7 @@ def test_two_workers_on_the_same_notifications_send_each_once(pipeline: Pipeline
 def test_escalation_is_decided_and_planned_in_one_transaction(pipeline: Pipeline) -> None:
     _supplier_invoice(pipeline)
     pipeline.flow()
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
     sent = ledger.by_sid(pipeline.twilio.messages()[0]["sid"])
     assert sent is not None
     broken = PlannedNotification(  # a channel longer than its column: the insert fails on PostgreSQL
@@ -183,7 +183,7 @@ def test_escalation_is_decided_and_planned_in_one_transaction(pipeline: Pipeline
 
 
 def test_rows_committed_out_of_order_are_all_picked_up(pipeline: Pipeline) -> None:
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
 
     def planned(n: int) -> PlannedNotification:
         return PlannedNotification(
@@ -192,7 +192,7 @@ def test_rows_committed_out_of_order_are_all_picked_up(pipeline: Pipeline) -> No
             recipient_name="Dana", recipient_masked="+15******101", channel="sms", body=f"text {n}",
             not_before=utcnow())
 
-    slow = pipeline.store.engine.connect()
+    slow = pipeline.database.engine.connect()
     transaction = slow.begin()
     ledger._insert_planned(slow, [planned(1)])  # takes the lower sequence number, commits last
     ledger.plan([planned(2)])
@@ -211,7 +211,7 @@ def test_overlong_names_and_unset_references_do_not_block_planning(pipeline_fact
         '{name: Ray, phone: "+15005550102"}', f"{{name: {long_name}, phone_ref: {'x' * 60}}}"))
     _supplier_invoice(pipeline)
     pipeline.flow()
-    rows = pipeline.store.ledger().due(utcnow() + timedelta(minutes=1))
+    rows = pipeline.ledger().due(utcnow() + timedelta(minutes=1))
     assert len(_sms_to(pipeline, DANA)) == 1  # planned and sent although the other row is unusual
     assert rows[0].recipient_name == long_name and rows[0].recipient_masked == f"[PHONE_{'X' * 60}]"
 
@@ -221,14 +221,14 @@ def test_receipts_are_polled_oldest_poll_first_and_not_forever(pipeline: Pipelin
     _supplier_invoice(pipeline)
     pipeline.flow()
     pipeline.twilio.advance()
-    ledger: Ledger = pipeline.store.ledger()
+    ledger: Ledger = pipeline.ledger()
     now = utcnow()
     first = ledger.due_for_poll(now, limit=1)
     ledger.mark_polled(first[0][0], now)
     second = ledger.due_for_poll(now, limit=1)
     assert second and second != first  # the one polled least recently comes first
 
-    with pipeline.store.engine.begin() as conn:  # both were sent three days ago
+    with pipeline.database.engine.begin() as conn:  # both were sent three days ago
         conn.execute(sa.update(notifications).values(sent_at=now - timedelta(hours=73)))
     pipeline.deliveries()
     assert ledger.due_for_poll(utcnow() + timedelta(hours=1)) == []
@@ -250,13 +250,13 @@ def test_quiet_hours_that_began_while_the_run_waited_hold_the_message(pipeline: 
     pipeline.notify()  # the run starts inside the quiet hours that began after planning
 
     assert pipeline.twilio.messages() == []
-    held = pipeline.store.ledger().due(now + timedelta(hours=2))
+    held = pipeline.ledger().due(now + timedelta(hours=2))
     assert len(held) == 2 and all(n.failures == 0 and n.next_attempt_at > now + timedelta(minutes=50)
                                   for n in held)
 
 
 def test_an_alert_that_cannot_be_planned_does_not_hold_up_the_others(pipeline: Pipeline) -> None:
-    alerts = pipeline.store.alerts()
+    alerts = pipeline.alerts()
     broken = {"DocNum": 1, "DocTotal": "not a number", "CardName": "X", "DocCurrency": "EUR"}  # {DocTotal:,.2f}
     alerts.record("ap-new-supplier-invoice", "purchase_invoice_received",
                   [("ap-new-supplier-invoice:1:2026-11-25", "PurchaseInvoices 1", broken)])
@@ -271,12 +271,12 @@ def test_an_alert_that_cannot_be_planned_does_not_hold_up_the_others(pipeline: P
 
 
 def test_stored_records_stream_from_postgres_instead_of_loading_whole(pipeline: Pipeline) -> None:
-    snapshots = pipeline.store.snapshots()
+    snapshots = pipeline.snapshots()
     snapshots.upsert("Invoices", "DocEntry", ({"DocEntry": n, "DocumentStatus": "bost_Open", "Comments": "x" * 200}
                                               for n in range(3000)))
     rows = snapshots.iter_entity("Invoices", open_only=True)
     next(rows)  # the first row is here; the rest must still be on the server
-    with pipeline.store.engine.connect() as other:
+    with pipeline.database.engine.connect() as other:
         fetching = other.scalar(sa.text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'FETCH %'"))
     rows.close()

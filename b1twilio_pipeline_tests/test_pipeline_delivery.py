@@ -38,7 +38,7 @@ def with_callbacks(pipeline_factory: PipelineFactory, pg_store_url: str) -> Iter
         instance.report_runless_asset_event(dg.AssetObservation(
             asset_key=DELIVERIES_KEY, metadata={"sid": event.sid, "status": event.status}))
 
-    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.store.ledger(),
+    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.ledger(),
                      on_change=report)
     _, stop = start_background(app, port=port)
     yield pipeline
@@ -59,7 +59,7 @@ def test_signed_callbacks_update_ledger_and_dagster_and_audit_once(with_callback
     pipeline.twilio.advance()
     assert pipeline.twilio.wait_callbacks(10)
 
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
     sids = [m["sid"] for m in pipeline.twilio.messages()]
     assert len(sids) == 2 and len(pipeline.notifications(runs)) == 2
     for sid in sids:  # before any polling: the callbacks alone brought the final status
@@ -105,7 +105,7 @@ def test_quiet_hours_hold_sms_until_they_end(pipeline: Pipeline) -> None:
     pipeline.flow()
 
     night_shift = [m for m in pipeline.twilio.messages() if m["to"] == "+15005550106"]
-    held = [n for n in pipeline.store.ledger().due(utcnow() + timedelta(days=2))
+    held = [n for n in pipeline.ledger().due(utcnow() + timedelta(days=2))
             if n.rule_id == "new-customer-invoice-quiet"]
     assert night_shift == []
     assert len(held) == 1 and held[0].not_before > utcnow()

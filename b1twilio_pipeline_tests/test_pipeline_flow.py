@@ -149,7 +149,7 @@ def test_delivery_receipt_reaches_ledger_dagster_and_b1_audit_once(pipeline: Pip
     pipeline.deliveries()
     pipeline.deliveries()
 
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
     sid = pipeline.notifications(runs)[0]["twilio_sid"]
     assert ledger.by_sid(sid).status == "delivered"
     assert [e.status for e in ledger.history(sid)] == ["delivered"]
@@ -182,7 +182,7 @@ def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipel
     pipeline.evaluate()
     # An earlier run claimed the notification, Twilio accepted the SMS, then the worker died before it
     # recorded the SID; its lease has run out.
-    dead = Ledger(pipeline.store.engine, RedrivePolicy(lease=timedelta(0)))
+    dead = Ledger(pipeline.database.engine, RedrivePolicy(lease=timedelta(0)))
     victim = dead.due(utcnow())[0]
     claimed = dead.claim(victim.notification_id, victim.attempts, "dead-run", utcnow())
     assert claimed is not None and claimed.status == SENDING
@@ -198,7 +198,7 @@ def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipel
 
     assert len(runs) == 1 and runs[0].success and retry.success
     assert len(_sms_to(pipeline, AP_PHONES)) == 2  # one each: the interrupted one was adopted, not resent
-    ledger = pipeline.store.ledger()
+    ledger = pipeline.ledger()
     assert ledger.get(victim.notification_id).sid == accepted.sid
     outcomes = {e["notification_id"]: e["outcome"] for e in pipeline.notifications(runs)}
     assert outcomes[victim.notification_id] == "adopted" and sorted(outcomes.values()) == ["adopted", "sent"]

@@ -19,10 +19,10 @@ from cryptography.x509.oid import NameOID
 from b1twilio_pipeline.b1.client import (
     SapB1AuthError,
     SapB1Error,
-    SapB1Resource,
     SapB1Session,
     SapB1Unavailable,
 )
+from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.core.settings import ConfigurationError
 from b1twilio_pipeline_tests.fixtures_sap import sap_session_for
 

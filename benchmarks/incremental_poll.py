@@ -34,7 +34,7 @@ def open_window(now: datetime, timezone: str = "UTC") -> tuple[datetime, datetim
 
 def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] | None) -> dict[str, Any]:
     """Poll every snapshot entity once (windowed, or the whole set when `window` is None)."""
-    from b1twilio_pipeline.b1.snapshots import ENTITIES
+    from b1twilio_pipeline.b1.entities import ENTITIES
 
     sim.reset_requests()
     per_entity: dict[str, int] = {}
@@ -55,8 +55,8 @@ def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] 
 
 def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) -> BenchResult:
     from b1twilio_pipeline.b1.client import SapB1Session
+    from b1twilio_pipeline.b1.entities import ENTITIES
     from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
-    from b1twilio_pipeline.b1.snapshots import ENTITIES
     from b1twilio_pipeline.core.database import engine_for
     from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
 

@@ -52,8 +52,8 @@ def sync_optimized(base_url: str, db_url: str, password: str, page_size: int = O
                    company_db: str = "SBODEMOUS", username: str = "manager") -> dict[str, Any]:
     """The pipeline's way: big pages, `$select`, streamed into chunked bulk upserts."""
     from b1twilio_pipeline.b1.client import SapB1Session
+    from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME
     from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
-    from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME
     from b1twilio_pipeline.core.database import engine_for
 
     spec = ENTITY_BY_NAME["sales_invoices"]
@@ -81,10 +81,10 @@ def sync_naive(base_url: str, db_url: str, password: str, company_db: str = "SBO
     from sqlalchemy.dialects import sqlite
 
     from b1twilio_pipeline.b1.client import SapB1Session  # noqa: F401
-    from b1twilio_pipeline.b1.snapshot_store import content_hash
 
     # Same imports as the optimized worker, so both start from a comparable resident size.
-    from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME  # noqa: F401
+    from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME  # noqa: F401
+    from b1twilio_pipeline.b1.snapshot_store import content_hash
     from b1twilio_pipeline.core.database import engine_for
     from b1twilio_pipeline.core.schema import snapshots
     from b1twilio_pipeline.core.sql import utcnow

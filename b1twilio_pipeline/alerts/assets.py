@@ -11,28 +11,19 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from sqlalchemy.exc import SQLAlchemyError
 
 from b1twilio_pipeline.alerts import evaluation as alert_rules
 from b1twilio_pipeline.alerts.evaluation import Candidate
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.alerts.rules import Recipient, Rule
-from b1twilio_pipeline.b1.snapshot_store import AlertStore, Snapshot, SnapshotStore
-from b1twilio_pipeline.b1.snapshots import (
-    ENTITY_BY_NAME,
-    OPEN_INVOICES_KEY,
-    STOCK_LEVELS_KEY,
-    snapshot_key,
-)
-from b1twilio_pipeline.core.markdown import markdown_table
-from b1twilio_pipeline.core.phones import mask_phone
-from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline.alerts.rules import Rule
+from b1twilio_pipeline.alerts.store import AlertStore
+from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME, snapshot_key
+from b1twilio_pipeline.b1.snapshot_store import Snapshot, SnapshotStore
+from b1twilio_pipeline.b1.state import OPEN_INVOICES_KEY, STOCK_LEVELS_KEY
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.sql import utcnow
-from b1twilio_pipeline.core.store_resource import StoreResource
-from b1twilio_pipeline.notifications.ledger import PlannedNotification, bounded_id
 
 ALERTS_GROUP = "alerts"
-NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
 
 
 class AlertConfig(dg.Config):
@@ -148,9 +139,9 @@ def build_alert_asset(kind: str, rules_markdown: str) -> dg.AssetsDefinition:
         metadata={"rules": dg.MetadataValue.md(rules_markdown)},
     )
     def _alerts(context: dg.AssetExecutionContext, config: AlertConfig, rules: RulesResource,
-                store: StoreResource) -> dg.MaterializeResult:
+                database: DatabaseResource) -> dg.MaterializeResult:
         loaded = rules.load()
-        per_rule = {rule.id: evaluate(rule, store.snapshots(), store.alerts(), config)
+        per_rule = {rule.id: evaluate(rule, SnapshotStore(database.engine), AlertStore(database.engine), config)
                     for rule in loaded.enabled_rules(kind)}
         total = sum(per_rule.values())
         context.log.info(f"{kind}: {total} new alert(s) {per_rule}")
@@ -160,64 +151,3 @@ def build_alert_asset(kind: str, rules_markdown: str) -> dg.AssetsDefinition:
         })
 
     return _alerts
-
-
-def masked_phone_of(recipient: Recipient) -> str:
-    """The number masked (+49*******678); a reference whose number is not stored yet shows its name."""
-    try:
-        return mask_phone(recipient.resolve_phone())
-    except ConfigurationError:
-        return recipient.masked
-
-
-def plan_for(rule: Rule, recipients: Sequence[Recipient], alert_id: str, document: str,
-             fields: dict[str, Any], channel: str, now: datetime,
-             escalation_of: str | None = None) -> list[PlannedNotification]:
-    """One ledger row per recipient, held until quiet hours end unless the rule may ring now."""
-    body = rule.render(fields)
-    return [
-        PlannedNotification(
-            notification_id=bounded_id(alert_id, person.key, channel),
-            alert_id=alert_id, rule_id=rule.id, document=document, recipient=person.key,
-            recipient_name=person.name, recipient_masked=masked_phone_of(person), channel=channel, body=body,
-            not_before=rule.hold_until(now, person.tz, channel) or now, escalation_of=escalation_of,
-        )
-        for person in recipients
-    ]
-
-
-@dg.asset(
-    key=NOTIFICATION_PLAN_KEY,
-    deps=[dg.AssetKey(["alerts", name]) for name, _, _ in ALERT_KINDS.values()],
-    group_name=ALERTS_GROUP,
-    kinds={"python", "sql"},
-    description="Each new alert becomes one notification per recipient in the ledger (recorded before "
-                "anything is sent), held until quiet hours end where the rule says so.",
-)
-def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
-                      store: StoreResource) -> dg.MaterializeResult:
-    config = rules.load()
-    alerts, ledger = store.alerts(), store.ledger()
-    planned = held = 0
-    now = utcnow()
-    problems: list[dict[str, str]] = []
-    for event in alerts.unplanned():
-        rule = config.find_rule(event.rule_id)
-        try:
-            rows = [] if rule is None or not rule.enabled else plan_for(
-                rule, config.initial_recipients(rule), event.alert_id, event.document, event.fields,
-                rule.first_channel, now)
-            planned += ledger.plan(rows, alert_id=event.alert_id)
-        except (ValueError, ConfigurationError, SQLAlchemyError) as error:
-            # One alert that cannot be planned (a template that no longer fits its fields, a database
-            # that refuses a value) must not hold up every alert after it: record why and go on.
-            reason = " ".join(str(error).split())[:300]
-            alerts.record_plan_error(event.alert_id, reason)
-            problems.append({"alert": event.alert_id, "rule": event.rule_id, "why": reason})
-            context.log.warning(f"alert {event.alert_id} not planned: {reason}")
-            continue
-        held += sum(1 for row in rows if row.not_before > now)
-    context.log.info(f"planned {planned} notification(s), {held} held by quiet hours")
-    return dg.MaterializeResult(metadata={
-        "planned": planned, "held_by_quiet_hours": held, "not_planned": len(problems),
-        "not_planned_alerts": dg.MetadataValue.md(markdown_table(problems, empty="None."))})

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from b1twilio_pipeline.alerts.quiet_hours import QuietHours
-from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.phones import is_e164, mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError, setting
 
 __all__ = [
@@ -174,7 +174,6 @@ _PERSON_KEYS = ("name", "phone", "phone_ref", "timezone")
 _ESCALATION_KEYS = ("to_voice_after_failed_sms", "next_recipient")
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PHONE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _HHMM = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 
@@ -185,11 +184,6 @@ class RulesConfigError(ConfigurationError):
 def phone_secret_name(phone_ref: str) -> str:
     """Setting that holds the number for `phone_ref` (`sam` -> `PHONE_SAM`, `dana-k` -> `PHONE_DANA_K`)."""
     return "PHONE_" + phone_ref.upper().replace("-", "_")
-
-
-def is_e164(number: str) -> bool:
-    """`+` then 8 to 15 digits, the first not zero."""
-    return bool(_E164.match(number))
 
 
 @dataclass(frozen=True)

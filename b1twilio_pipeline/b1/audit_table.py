@@ -92,7 +92,7 @@ def write_record(session: SapB1Session, record: AuditRecord) -> str:
 
 def setup_audit_table_command(args: argparse.Namespace) -> int:
     """`b1twilio setup-b1-audit-table`: uses the same settings as the pipeline's SapB1Resource."""
-    from b1twilio_pipeline.b1.client import SapB1Resource
+    from b1twilio_pipeline.b1.resource import SapB1Resource
 
     session = SapB1Resource().session()
     try:

@@ -1,4 +1,4 @@
-"""SAP Business One Service Layer client (`SapB1Session`) and its Dagster resource (`SapB1Resource`).
+"""SAP Business One Service Layer client (`SapB1Session`); its Dagster resource is `resource.SapB1Resource`.
 
 The session logs in lazily and once (under a lock: parallel logins fail on a real Service Layer), sends
 the B1SESSION and ROUTEID cookies on every call, renews an expired session exactly once per call (also in
@@ -9,7 +9,6 @@ while asking for large pages. Messages never contain the password.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -22,11 +21,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import dagster as dg
 import httpx
-from pydantic import Field, PrivateAttr
 
-from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core.settings import ConfigurationError
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -418,111 +415,4 @@ def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
                                  f"{_one_line(str(exc))}") from None
 
 
-_probe_sessions: dict[tuple[str | None, ...], SapB1Session] = {}
-_probe_lock = threading.Lock()
-
-
-class SapB1Resource(dg.ConfigurableResource):
-    """Dagster resource for the B1 Service Layer: one lazily-logged-in `SapB1Session` per run.
-
-    Every field may stay unset: it is then read at run time from the settings contract (env var, then the
-    encrypted secrets store): B1_SERVICE_LAYER_URL, B1_COMPANY_DB, B1_USERNAME, B1_PASSWORD, B1_CA_BUNDLE,
-    B1_TIMEZONE (default UTC). `setup_for_execution` prepares the session (no network yet), the first
-    call logs in, and `teardown_after_execution` logs out. Assets call `sap_b1.session()` or the
-    delegating `get_all` / `get` / `count` / `post` / `patch` / `delete`.
-    """
-
-    service_layer_url: str | None = None
-    company_db: str | None = None
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
-    ca_bundle: str | None = None
-    timezone: str | None = None
-    page_size: int = 1000
-    max_retries: int = 4
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 8.0
-    timeout_s: float = 30.0
-    renew_on_5002: bool = True
-
-    _session: SapB1Session | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._session = self.create_session(logger=getattr(context, "log", None))
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
-
-    def resolved_timezone(self) -> str:
-        """The B1 server's time zone (UpdateDate/UpdateTime are local to it)."""
-        return self.timezone or setting("B1_TIMEZONE", "UTC") or "UTC"
-
-    def create_session(self, logger: Any = None) -> SapB1Session:
-        """A new session from the fields, falling back to the settings contract for unset ones."""
-        purpose = "SAP B1 Service Layer login"
-        return SapB1Session(
-            self.service_layer_url or require_setting("B1_SERVICE_LAYER_URL", "SAP B1 Service Layer URL"),
-            self.company_db or require_setting("B1_COMPANY_DB", purpose),
-            self.username or require_setting("B1_USERNAME", purpose),
-            self.password or require_setting("B1_PASSWORD", purpose),
-            ca_bundle=self.ca_bundle or setting("B1_CA_BUNDLE"), page_size=self.page_size,
-            max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
-            backoff_max_s=self.backoff_max_s, timeout_s=self.timeout_s, renew_on_5002=self.renew_on_5002,
-            timezone=self.resolved_timezone(),
-            logger=logger,
-        )
-
-    def probe_session(self) -> SapB1Session:
-        """A session kept for the life of this process, for sensors' small questions: the code server
-        evaluates sensors for weeks, and logging in on every tick would cost B1 two extra requests each
-        time. Short timeout and no retries, so a tick never waits long on an unreachable B1."""
-        options = self.model_copy(update={"max_retries": 0, "timeout_s": min(self.timeout_s, 5.0)})
-        key = (options.service_layer_url or setting("B1_SERVICE_LAYER_URL"), options.company_db
-               or setting("B1_COMPANY_DB"), options.username or setting("B1_USERNAME"),
-               hashlib.sha256((options.password or setting("B1_PASSWORD") or "").encode()).hexdigest(),
-               options.ca_bundle or setting("B1_CA_BUNDLE"), options.resolved_timezone())
-        with _probe_lock:
-            session = _probe_sessions.get(key)
-            if session is None:
-                session = _probe_sessions[key] = options.create_session()
-            return session
-
-    def session(self) -> SapB1Session:
-        """The run's session (created on first use when the resource is used outside a Dagster run; the
-        caller then closes it)."""
-        if self._session is None:
-            self._session = self.create_session()
-        return self._session
-
-    def get_all(self, entity: str, **kwargs: Any) -> Iterator[dict]:
-        return self.session().get_all(entity, **kwargs)
-
-    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        return self.session().get(path, params)
-
-    def count(self, entity: str, filter: str | None = None) -> int:
-        return self.session().count(entity, filter)
-
-    def post(self, path: str, json: dict[str, Any]) -> dict | None:
-        return self.session().post(path, json)
-
-    def patch(self, path: str, json: dict[str, Any]) -> None:
-        self.session().patch(path, json)
-
-    def delete(self, path: str) -> None:
-        self.session().delete(path)
-
-    @property
-    def requests_made(self) -> int:
-        return 0 if self._session is None else self._session.requests_made
-
-    @property
-    def logins(self) -> int:
-        return 0 if self._session is None else self._session.logins
-
-
-__all__ = [
-    "SapB1AuthError", "SapB1Error", "SapB1Resource", "SapB1Session", "SapB1Unavailable", "parse_b1_error",
-]
+__all__ = ["SapB1AuthError", "SapB1Error", "SapB1Session", "SapB1Unavailable", "parse_b1_error"]

@@ -1,10 +1,19 @@
-"""Masking of phone numbers and secrets before anything reaches logs, run tags, metadata or the UI."""
+"""Phone numbers: what counts as one (E.164, defined here once) and how they and secrets are masked before
+anything reaches logs, run tags, metadata or the UI."""
 
 from __future__ import annotations
 
 import re
 
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
+# E.164: "+", the country code and the number, 8 to 15 digits in all, the first not zero.
+E164_PATTERN = r"\+[1-9]\d{7,14}"
+_E164 = re.compile(rf"^{E164_PATTERN}$")
+_E164_IN_TEXT = re.compile(rf"{E164_PATTERN}(?!\d)")
+
+
+def is_e164(number: str) -> bool:
+    """`+` then 8 to 15 digits, the first not zero; no spaces or dashes."""
+    return bool(_E164.match(number))
 
 
 def mask_phone(number: str | None) -> str:
@@ -26,4 +35,4 @@ def mask_secret(value: str | None) -> str:
 
 def mask_phones_in(text: str) -> str:
     """Mask every E.164 number inside free text (error messages from Twilio quote the number)."""
-    return _E164.sub(lambda m: mask_phone(m.group(0)), text)
+    return _E164_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)

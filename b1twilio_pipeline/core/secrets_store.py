@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.phones import is_e164, mask_phone
 
 
 class SecretsStoreError(ConfigurationError):
@@ -189,9 +190,6 @@ def is_phone_name(name: str) -> bool:
 
 def validate_entry(name: str, value: str, *, allow_unknown: bool = False) -> None:
     """Refuse names nothing reads (a typo would silently leave a setting unset) and malformed numbers."""
-    from b1twilio_pipeline.alerts.rules import is_e164
-    from b1twilio_pipeline.core.phones import mask_phone
-
     if name == KEY_ENV:
         raise SecretsStoreError(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")
     if not _NAME.match(name):

@@ -4,7 +4,6 @@
 status callback receiver updates the same ledger when callbacks can reach us: either path alone gives the
 full picture), reports every status reached since the last run, tags the original notification run with
 its latest status, raises delivery exceptions as a failed asset check, and plans escalations.
-`b1_audit_records` writes each final status and read receipt to the B1 audit table, once.
 """
 
 from collections.abc import Sequence
@@ -13,22 +12,19 @@ from typing import Any
 
 import dagster as dg
 
-from b1twilio_pipeline.alerts.assets import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import RulesConfig
-from b1twilio_pipeline.b1 import audit_table as audit
-from b1twilio_pipeline.b1.client import SapB1Error, SapB1Resource
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.settings import int_setting
 from b1twilio_pipeline.core.sql import utcnow
-from b1twilio_pipeline.core.store_resource import StoreResource
 from b1twilio_pipeline.notifications.ledger import DeliveryEvent, Ledger, Notification
+from b1twilio_pipeline.notifications.plan import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.statuses import StatusEvent, is_exception, is_final
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource, TwilioSendError
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
-AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])
 DELIVERY_GROUP = "notifications"
 EXCEPTION_CHECK = "no_delivery_exceptions"
 FAILED_CHECK = "no_failed_notifications"
@@ -118,8 +114,8 @@ def _event_rows(events: Sequence[DeliveryEvent],
                                                "in the last 24 hours (the admins were told of each).")],
 )
 def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
-                            store: StoreResource) -> dg.MaterializeResult:
-    ledger = store.ledger()
+                            database: DatabaseResource) -> dg.MaterializeResult:
+    ledger = Ledger(database.engine)
     polled = _poll(twilio, ledger, context.log)
     events = ledger.unreported()
     notifications = _notifications_of(ledger, events)
@@ -151,43 +147,3 @@ def _failed_check(ledger: Ledger) -> dg.AssetCheckResult:
         check_name=FAILED_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"failed_or_in_review": len(failed),
                   "notifications": dg.MetadataValue.md(markdown_table(rows, empty="None."))})
-
-
-def _record(ledger: Ledger, event: DeliveryEvent) -> audit.AuditRecord:
-    n = ledger.by_sid(event.sid)
-    return audit.AuditRecord(
-        sid=event.sid, status=event.status, channel=event.channel, rule_id=n.rule_id if n else "",
-        document=n.document if n else "", recipient=f"{n.recipient_name} {n.recipient_masked}" if n else "",
-        error_code=event.error_code, event_time=event.received_at.isoformat(timespec="seconds"),
-        source=event.source)
-
-
-@dg.asset(
-    key=AUDIT_KEY,
-    deps=[DELIVERIES_KEY],
-    group_name=DELIVERY_GROUP,
-    kinds={"sap"},
-    description=f"Each final delivery status and read receipt written to the B1 table @{audit.TABLE} "
-                "(created on first use if the setup command was not run), exactly once.",
-)
-def b1_audit_records(context: dg.AssetExecutionContext, sap: SapB1Resource,
-                     store: StoreResource) -> dg.MaterializeResult:
-    ledger = store.ledger()
-    session = sap.session()
-    events = ledger.unaudited()
-    outcomes = {"written": 0, "exists": 0}
-    for event in events:
-        record = _record(ledger, event)
-        try:
-            outcome = audit.write_record(session, record)
-        except SapB1Error as error:
-            if error.status != 404:
-                raise
-            context.log.info(f"audit table missing ({error.b1_message}): creating it")
-            audit.setup_audit_table(session)
-            outcome = audit.write_record(session, record)
-        outcomes[outcome] += 1
-        ledger.mark_audited([event.seq])
-    return dg.MaterializeResult(metadata={
-        "receipts_written": outcomes["written"], "already_in_b1": outcomes["exists"],
-        "dagster/row_count": len(events)})

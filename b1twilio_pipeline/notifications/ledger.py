@@ -156,7 +156,7 @@ class Ledger:
 
     def __init__(self, engine: Engine, policy: RedrivePolicy | None = None) -> None:
         self.engine = engine
-        self.policy = policy or RedrivePolicy()
+        self.policy = policy or RedrivePolicy.from_settings()
 
     # -- planning -------------------------------------------------------------------------------
     def plan(self, planned: Sequence[PlannedNotification], *, alert_id: str | None = None) -> int:

@@ -21,10 +21,11 @@ from sqlalchemy.exc import IntegrityError
 
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
+from b1twilio_pipeline.core.automation import KIND
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, setting
 from b1twilio_pipeline.core.sql import utcnow
-from b1twilio_pipeline.core.store_resource import StoreResource
 from b1twilio_pipeline.notifications.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
 from b1twilio_pipeline.notifications.twilio_resource import (
     AmbiguousDelivery,
@@ -35,7 +36,6 @@ from b1twilio_pipeline.notifications.twilio_resource import (
 )
 
 NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
-TAG_PREFIX = "b1twilio"
 ADMIN_RULE = "b1twilio-admin"  # rule id of the pipeline's own alerts to the admins group
 # Another worker is sending to the same person: a call lookup now could mistake its call for ours.
 BUSY_RETRY = timedelta(seconds=30)
@@ -183,8 +183,8 @@ class NotifyConfig(dg.Config):
 @dg.op(description="Send the due notifications of one sensor tick through Twilio, each recorded in the "
                    "ledger before and after, at most TwilioResource.max_concurrency at once.")
 def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rules: RulesResource,
-                       twilio: TwilioResource, store: StoreResource) -> None:
-    sender = Sender(store.ledger(), twilio, rules.load(), owner=context.run_id)
+                       twilio: TwilioResource, database: DatabaseResource) -> None:
+    sender = Sender(Ledger(database.engine), twilio, rules.load(), owner=context.run_id)
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(max_workers=max(1, twilio.max_concurrency), thread_name_prefix="notify") as pool:
         futures = [pool.submit(sender.process, due.notification_id, due.attempts) for due in config.notifications]
@@ -214,7 +214,7 @@ def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rul
 @dg.job(
     description="Send the due notifications picked up by one notification sensor tick.",
     # The ledger owns retries (re-drive with backoff): Dagster must not re-execute a failed send step.
-    tags={f"{TAG_PREFIX}/kind": "notification", "dagster/max_retries": "0"},
+    tags={KIND: "notification", "dagster/max_retries": "0"},
 )
 def notify_job() -> None:
     send_notifications()

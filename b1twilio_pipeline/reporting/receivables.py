@@ -10,10 +10,11 @@ import pandas as pd
 from b1twilio_pipeline.alerts.assets import ALERTS_GROUP
 from b1twilio_pipeline.alerts.evaluation import open_amount, parse_day
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.b1.snapshot_store import Snapshot
-from b1twilio_pipeline.b1.snapshots import ENTITY_BY_NAME, OPEN_INVOICES_KEY, snapshot_key
+from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME, snapshot_key
+from b1twilio_pipeline.b1.snapshot_store import Snapshot, SnapshotStore
+from b1twilio_pipeline.b1.state import OPEN_INVOICES_KEY
+from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
-from b1twilio_pipeline.core.store_resource import StoreResource
 
 AGING_BUCKETS = (0, 30, 60, 90)
 BUCKET_LABELS = ("1-30 days", "31-60 days", "61-90 days", "over 90 days")
@@ -56,9 +57,9 @@ def aging_summary(frame: pd.DataFrame) -> pd.DataFrame:
     description="Overdue open amounts per customer and currency in 30-day buckets (what the overdue "
                 "rule watches), as of today in the company's time zone.",
 )
-def overdue_receivables(rules: RulesResource, store: StoreResource) -> dg.MaterializeResult:
+def overdue_receivables(rules: RulesResource, database: DatabaseResource) -> dg.MaterializeResult:
     today = datetime.now(rules.load().tz).date()
-    frame = aging_frame(store.snapshots().iter_entity("Invoices", open_only=True), today)
+    frame = aging_frame(SnapshotStore(database.engine).iter_entity("Invoices", open_only=True), today)
     summary = aging_summary(frame)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(summary),

@@ -1,0 +1,38 @@
+"""The B1 stage's definitions: snapshot assets (partitioned by window), the state refresh on its cron, the
+jobs to read windows (backfills) and refresh state, and the change sensor."""
+
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+
+from b1twilio_pipeline.b1.entities import ENTITIES, EntitySpec
+from b1twilio_pipeline.b1.sensors import build_change_sensor
+from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP, build_snapshot_asset
+from b1twilio_pipeline.b1.state import STATE_ASSETS, STATE_GROUP
+from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core.automation import refresh_condition, with_condition
+
+state_refresh_job = dg.define_asset_job(
+    "state_refresh_job", selection=dg.AssetSelection.groups(STATE_GROUP),
+    description="Full refresh of open invoices and stock levels (state that changes without UpdateDate).")
+
+
+def snapshot_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [build_snapshot_asset(spec, partitions_def) for spec in ENTITIES]
+
+
+def b1_definitions(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
+                   watched: Sequence[EntitySpec], follow: Mapping[str, Sequence[dg.AssetKey]]) -> dg.Definitions:
+    """`watched` are the entities the enabled rules alert on; `follow[entity]` what a change run of it
+    materializes (see `sensors`)."""
+    refresh = refresh_condition(polling.refresh_cron, polling.timezone)
+    return dg.Definitions(
+        assets=[*snapshot_assets(partitions_def), *(with_condition(asset, refresh) for asset in STATE_ASSETS)],
+        jobs=[
+            dg.define_asset_job(
+                "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), partitions_def=partitions_def,
+                description="Read what changed in B1 in a window; backfill missed windows from the UI or CLI."),
+            state_refresh_job,
+        ],
+        sensors=[build_change_sensor(polling, partitions_def, watched, follow)],
+    )

@@ -1,0 +1,102 @@
+"""`b1_change_sensor`: asks B1 a small question per watched entity (see `change_detection`) and requests a
+run only for the windows that changed, with every evaluation downstream of them in the same run. A window
+that saw changes is read once more after it closes (a change stamped in its last minute, committed late).
+The sensor never reads documents itself: the runs do.
+"""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from b1twilio_pipeline.b1.change_detection import OVERLAP, Change, probe_new, probe_stamped
+from b1twilio_pipeline.b1.entities import EntitySpec
+from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core.automation import RUNNING, TAG_PREFIX, runs_in_flight
+from b1twilio_pipeline.core.database_resource import DatabaseResource
+
+WINDOW = f"{TAG_PREFIX}/window"
+CHANGE_JOB = "b1_change_job"
+RETRY_BUCKET_S = 300  # a change whose run failed is asked for again after at most this long
+
+
+class _Cursor:
+    """Per entity: where the next question starts; and the windows that saw changes (closing reads)."""
+
+    @staticmethod
+    def load(raw: str | None) -> dict:
+        return json.loads(raw) if raw else {}
+
+    @staticmethod
+    def dump(value: dict) -> str:
+        return json.dumps(value, sort_keys=True)
+
+
+def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowPartitionsDefinition,
+                        watched: Sequence[EntitySpec],
+                        follow: Mapping[str, Sequence[dg.AssetKey]]) -> dg.SensorDefinition:
+    """The sensor for `watched` (the entities the enabled rules read); `follow[entity]` are the assets a run
+    for a change of `entity` materializes (its snapshot and every evaluation downstream of it)."""
+    window_length = timedelta(minutes=polling.window_minutes)
+
+    def window_of(moment: datetime) -> str | None:
+        first = partitions_def.time_window_for_partition_key(partitions_def.get_first_partition_key() or "").start
+        if moment < first:
+            return None
+        return partitions_def.get_partition_key_for_timestamp(min(moment, datetime.now(UTC)).timestamp())
+
+    def closed(window: str, now: datetime) -> bool:
+        """Closed a minute ago: changes stamped in its last minute are visible by now."""
+        return partitions_def.time_window_for_partition_key(window).end + OVERLAP <= now
+
+    def request(window: str, entities: set[str], run_key: str, trigger: str) -> dg.RunRequest:
+        keys = sorted({key for entity in entities for key in follow[entity]})
+        return dg.RunRequest(run_key=run_key, partition_key=window, asset_selection=keys,
+                             tags={WINDOW: window, f"{TAG_PREFIX}/trigger": trigger})
+
+    @dg.sensor(name="b1_change_sensor", job_name=CHANGE_JOB, default_status=RUNNING,
+               minimum_interval_seconds=polling.change_check_seconds,
+               description=f"Asks B1 every {polling.change_check_seconds} s what changed (one small request per "
+                           f"entity: {', '.join(s.entity for s in watched)}) and reads only the windows that "
+                           "changed; a window that saw changes is read once more after it closes.")
+    def b1_change_sensor(context: dg.SensorEvaluationContext, sap: SapB1Resource,
+                         database: DatabaseResource) -> dg.SensorResult:
+        cursor = _Cursor.load(context.cursor)
+        session, snapshots, now = sap.probe_session(), SnapshotStore(database.engine), datetime.now(UTC)
+        changes: list[Change] = []
+        for spec in watched:
+            if spec.by_doc_date:
+                after = cursor.get(spec.entity)
+                probe = probe_new(session, snapshots, spec, int(after) if after else None, now, window_of)
+            else:
+                since = cursor.get(spec.entity) or (now - window_length).isoformat()
+                probe = probe_stamped(session, snapshots, spec, datetime.fromisoformat(since), window_of)
+            changes += probe.changes
+            cursor[spec.entity] = probe.cursor
+        closing: dict[str, list[str]] = cursor.get("closing", {})
+        by_window: dict[str, set[str]] = {}
+        for change in changes:
+            by_window.setdefault(change.window, set()).add(change.entity)
+        requests = []
+        bucket = int(now.timestamp() // RETRY_BUCKET_S)
+        for window, entities in sorted(by_window.items()):
+            if not closed(window, now):  # a closed window's read is its closing read already
+                closing[window] = sorted(set(closing.get(window, [])) | entities)
+            if runs_in_flight(context.instance, CHANGE_JOB, {WINDOW: window}):
+                continue  # its run is reading the window now; what it misses stays pending
+            digest = hashlib.sha256(json.dumps(sorted((c.entity, c.key, c.stamp) for c in changes
+                                                      if c.window == window)).encode()).hexdigest()[:12]
+            requests.append(request(window, entities, f"change:{window}:{digest}:{bucket}", "change"))
+        for window, entities in sorted(closing.items()):
+            if closed(window, now):
+                requests.append(request(window, set(entities), f"closing:{window}", "closing-read"))
+                del closing[window]
+        cursor["closing"] = closing
+        skip = None if requests else f"no change in B1 ({len(watched)} entities asked)"
+        return dg.SensorResult(run_requests=requests, cursor=_Cursor.dump(cursor), skip_reason=skip)
+
+    return b1_change_sensor

@@ -1,0 +1,94 @@
+"""State refresh: every open sales invoice and every stocked item, read whole on a cron. Overdue and stock
+rules are about state, not change: they must see records last changed long before the pipeline was
+deployed, an invoice becomes overdue with no change in B1, and stock moves do not always touch an item's
+UpdateDate."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from b1twilio_pipeline.b1 import records as b1_records
+from b1twilio_pipeline.b1.client import SapB1Error, SapB1Session
+from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME
+from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.b1.snapshots import counting, snapshot_metadata
+from b1twilio_pipeline.core.database_resource import DatabaseResource
+
+OPEN_INVOICES_KEY = dg.AssetKey(["b1", "open_invoices_state"])
+STOCK_LEVELS_KEY = dg.AssetKey(["b1", "stock_levels_state"])
+STATE_GROUP = "b1_state"
+
+
+def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, ...],
+                    vanished: list[str]) -> Iterator[dict[str, Any]]:
+    """Invoices we hold as open that B1 no longer lists as open: read each once to learn its state. One
+    that B1 answers 404 for (deleted, or a company database restored from a backup) goes to `vanished`."""
+    for key in keys:
+        try:
+            row = session.get(f"Invoices({key})", params={"$select": ",".join(select)})
+        except SapB1Error as error:
+            if error.status != 404:
+                raise
+            vanished.append(key)
+            continue
+        if isinstance(row, dict):
+            yield {k: v for k, v in row.items() if not k.startswith(("odata.", "@odata."))}
+
+
+@dg.asset(
+    key=OPEN_INVOICES_KEY,
+    group_name=STATE_GROUP,
+    kinds={"sap", "sql"},
+    description="Full refresh of every open sales invoice (`DocumentStatus eq 'bost_Open'`): overdue is "
+                "a state, and an invoice becomes overdue with no change in B1.",
+    check_specs=[b1_records.check_spec(OPEN_INVOICES_KEY)],
+)
+def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
+                        database: DatabaseResource) -> dg.MaterializeResult:
+    session = sap.session()
+    spec = ENTITY_BY_NAME["sales_invoices"]
+    snapshots = SnapshotStore(database.engine)
+    known_open = snapshots.open_keys(spec.entity)
+    seen: set[str] = set()
+    quarantine = b1_records.Quarantine(spec.key)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in quarantine.screen(session.get_all(spec.entity, filter="DocumentStatus eq 'bost_Open'",
+                                                     select=spec.select, orderby=spec.key)):
+            seen.add(str(row[spec.key]))
+            yield row
+
+    counts, requests = counting(session, lambda: snapshots.upsert(spec.entity, spec.key, rows()))
+    gone = sorted(known_open - seen)
+    vanished: list[str] = []
+    closed, closed_requests = counting(session, lambda: snapshots.upsert(
+        spec.entity, spec.key, quarantine.screen(_refetch_closed(session, gone, spec.select, vanished))))
+    snapshots.close_vanished(spec.entity, vanished)
+    return dg.MaterializeResult(metadata=snapshot_metadata(
+        counts, requests + closed_requests, open_invoices=len(seen), closed_since_last_refresh=closed.updated,
+        vanished_from_b1=len(vanished), **quarantine.metadata()), check_results=[quarantine.check_result()])
+
+
+@dg.asset(
+    key=STOCK_LEVELS_KEY,
+    group_name=STATE_GROUP,
+    kinds={"sap", "sql"},
+    description="Full refresh of stock levels of every inventory item: stock moves do not always touch "
+                "the item's UpdateDate, and reorder alerts are about the current level.",
+    check_specs=[b1_records.check_spec(STOCK_LEVELS_KEY)],
+)
+def stock_levels_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
+                       database: DatabaseResource) -> dg.MaterializeResult:
+    session = sap.session()
+    spec = ENTITY_BY_NAME["item_stock"]
+    quarantine = b1_records.Quarantine(spec.key)
+    counts, requests = counting(session, lambda: SnapshotStore(database.engine).upsert(
+        spec.entity, spec.key, quarantine.screen(session.get_all(
+            spec.entity, filter="InventoryItem eq 'tYES'", select=spec.select, orderby=spec.key))))
+    return dg.MaterializeResult(metadata=snapshot_metadata(counts, requests, **quarantine.metadata()),
+                                check_results=[quarantine.check_result()])
+
+
+STATE_ASSETS = (open_invoices_state, stock_levels_state)
