@@ -1,4 +1,4 @@
-"""`b1twilio`: the operator commands (SPEC section 11).
+"""`b1twilio`: the operator commands (the list is in the README, "Commands").
 
     b1twilio secrets generate-key [--keyring]     new key for B1TWILIO_SECRET_KEY (or the OS keyring)
     b1twilio secrets set NAME [VALUE] [--force]   VALUE from stdin / a hidden prompt when omitted
@@ -6,6 +6,7 @@
     b1twilio secrets delete NAME
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
     b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
+    b1twilio rules-schema                         the JSON Schema of the rules file, for editors
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = actions.add_parser("rotate", help="re-encrypt the store under a new key (printed once)")
     rotate.set_defaults(handler=cmd_rotate)
 
+    commands.add_parser("rules-schema", help="print the JSON Schema of the rules file (for editors)").set_defaults(
+        handler=cmd_rules_schema)
     check = commands.add_parser("check-config", help="validate a rules file and say what each rule does")
     check.add_argument("file", nargs="?", help="rules file (default: B1TWILIO_CONFIG, else the shipped one)")
     check.set_defaults(handler=cmd_check_config)
@@ -219,6 +222,13 @@ def _masked(name: str, value: str) -> str:
 
 
 # --- check-config ------------------------------------------------------------------------------------------
+
+
+def cmd_rules_schema(args: argparse.Namespace) -> int:
+    from b1twilio_pipeline.alerts.rules import rules_schema_text
+
+    sys.stdout.write(rules_schema_text())
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

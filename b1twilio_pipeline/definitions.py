@@ -13,12 +13,13 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, WATCHED_BY_KIND
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP
 from b1twilio_pipeline.alerts.definitions import alerts_definitions
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.alerts.rules import load_rules
-from b1twilio_pipeline.b1.definitions import b1_definitions, snapshot_assets
-from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME, snapshot_key
+from b1twilio_pipeline.alerts.rules import KIND_BY_NAME, load_rules
+from b1twilio_pipeline.alerts.rules.kinds import reads_by_entity
+from b1twilio_pipeline.b1.definitions import b1_definitions, read_specs, snapshot_assets
+from b1twilio_pipeline.b1.entities import snapshot_key
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.sensors import CHANGE_JOB
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP
@@ -53,11 +54,11 @@ def build_definitions(rules_path: str | None = None,
     reporting = reporting_definitions(polling.timezone)
     # The alerts group: everything a change run may evaluate after reading its window.
     evaluations = [*alerts.assets, notification_plan, *reporting.assets]
-    watched = [ENTITY_BY_NAME[name] for name in
-               sorted({name for rule in rules.enabled_rules() for name in WATCHED_BY_KIND[rule.kind]})]
-    snapshots = snapshot_assets(partitions_def)
-    follow = {spec.entity: sorted(downstream_of([*snapshots, *evaluations], snapshot_key(spec)) | {snapshot_key(spec)})
-              for spec in watched}
+    specs = read_specs(reads_by_entity())
+    watched = sorted({name for rule in rules.enabled_rules() for name in KIND_BY_NAME[rule.kind].WATCHES})
+    snapshots = snapshot_assets(specs, partitions_def)
+    follow = {specs[name].entity: sorted(downstream_of([*snapshots, *evaluations], snapshot_key(specs[name]))
+                                         | {snapshot_key(specs[name])}) for name in watched}
     glue = dg.Definitions(
         jobs=[dg.define_asset_job(
             CHANGE_JOB, selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
@@ -81,7 +82,7 @@ def build_definitions(rules_path: str | None = None,
             **(resources or {}),
         },
     )
-    return dg.Definitions.merge(b1_definitions(polling, partitions_def, watched, follow), alerts,
+    return dg.Definitions.merge(b1_definitions(polling, partitions_def, specs, watched, follow), alerts,
                                 notifications.defs, reporting, glue)
 
 

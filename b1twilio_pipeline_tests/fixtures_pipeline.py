@@ -28,6 +28,7 @@ from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.core.database import dispose_engine
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.definitions import build_definitions
+from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
@@ -177,6 +178,9 @@ class Pipeline:
 
     def ledger(self) -> Ledger:
         return Ledger(self.database.engine)
+
+    def delivery_log(self) -> DeliveryLog:
+        return DeliveryLog(self.database.engine)
 
     def run_job(self, name: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
         result = self.defs.resolve_job_def(name).execute_in_process(instance=self.instance, **kwargs)

@@ -7,17 +7,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from b1twilio_pipeline.alerts.rules.kinds import RULE_KINDS, reads_by_entity
+from b1twilio_pipeline.b1.definitions import read_specs
 from b1twilio_pipeline.b1.filters import (
-    DOCUMENT_FIELDS,
-    ITEM_FIELDS,
-    PAYMENT_FIELDS,
-    PURCHASE_ORDER_FIELDS,
     and_,
     date_window_filter,
     quote,
     update_window_filter,
 )
 from b1twilio_pipeline_tests.fixtures_sap import sap_session_for
+
+SPECS = read_specs(reads_by_entity())  # what the pipeline asks B1 for, entity by entity
+DOCUMENT_FIELDS = SPECS["purchase_invoices"].select
+PURCHASE_ORDER_FIELDS = SPECS["purchase_orders"].select
+PAYMENT_FIELDS = SPECS["incoming_payments"].select
+ITEM_FIELDS = SPECS["item_stock"].select
 
 BERLIN = "Europe/Berlin"
 
@@ -146,11 +150,19 @@ def test_select_lists_name_real_fields_and_quote_round_trips(sap_sim_factory) ->
     sim = sap_sim_factory()
     sim.add_document("Invoices", {"CardCode": "C99", "CardName": "O'Neil & Sons"})
     with sap_session_for(sim) as session:
-        for entity, fields in (("PurchaseInvoices", DOCUMENT_FIELDS), ("Invoices", DOCUMENT_FIELDS),
-                               ("PurchaseOrders", PURCHASE_ORDER_FIELDS),
-                               ("IncomingPayments", PAYMENT_FIELDS), ("Items", ITEM_FIELDS)):
-            rows = list(session.get_all(entity, select=fields))
-            assert rows and set(rows[0]) == set(fields), entity
+        for spec in SPECS.values():
+            rows = list(session.get_all(spec.entity, select=spec.select))
+            assert rows and set(rows[0]) == set(spec.select), spec.entity
         name = sim.data["Invoices"][11]["CardName"]
         named = list(session.get_all("Invoices", filter=f"CardName eq {quote(name)}", select="DocEntry"))
     assert named == [{"DocEntry": 11}]
+
+
+def test_every_field_a_rule_kind_reads_is_asked_for() -> None:
+    """The select is built from what the kinds declare: a payment rule summing cheques and cards finds
+    them in what was read (they were once missing from the payments select)."""
+    by_entity = {spec.entity: set(spec.select) for spec in SPECS.values()}
+    for kind in RULE_KINDS:
+        for entity, fields in kind.READS.items():
+            assert set(fields) <= by_entity[entity], (kind.__name__, set(fields) - by_entity[entity])
+    assert {"PaymentChecks", "PaymentCreditCards"} <= by_entity["IncomingPayments"]

@@ -1,4 +1,4 @@
-"""The quick start as a new user meets it (SPEC section 7, issue 5): `b1twilio demo` runs everything on
+"""The quick start as a new user meets it: `b1twilio demo` runs everything on
 loopback, and with nobody clicking the UI fills with snapshots, notification runs and delivery receipts,
 the Twilio simulator receives SMS and calls (each once), the B1 simulator's audit table fills, no secret
 reaches Dagster's storage or the logs, and headless Chromium sees all of it in the Dagster UI.
@@ -35,7 +35,7 @@ from b1twilio_sim.demo import RULES_FILE
 pytestmark = pytest.mark.browser
 
 STARTUP_TIMEOUT_S = 120.0
-# SPEC section 7 asks for one minute; the bound leaves room for a loaded CI machine and reports the
+# The README promises alerts within a minute; the bound leaves room for a loaded CI machine and reports the
 # measured times either way.
 FLOW_DEADLINE_S = 150.0
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -148,7 +148,7 @@ def demo(tmp_path: Path) -> Iterator[DemoRun]:
     if chromium_path() is None:
         pytest.skip("Chromium is not installed (Debian package `chromium`; .ci/run installs it when it can)")
     data_dir = tmp_path / "demo"
-    # The simulators take the pipeline's credential variables (SPEC section 11): known random values let
+    # The simulators take the pipeline's credential variables: known random values let
     # the test look for them where they must never appear.
     creds = {"B1_PASSWORD": "pw-" + secrets.token_hex(10), "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
              "TWILIO_ACCOUNT_SID": "AC" + secrets.token_hex(16)}

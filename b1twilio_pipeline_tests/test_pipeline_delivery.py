@@ -11,6 +11,7 @@ import pytest
 
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
+from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
 from b1twilio_pipeline.notifications.statuses import StatusEvent
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
@@ -38,7 +39,7 @@ def with_callbacks(pipeline_factory: PipelineFactory, pg_store_url: str) -> Iter
         instance.report_runless_asset_event(dg.AssetObservation(
             asset_key=DELIVERIES_KEY, metadata={"sid": event.sid, "status": event.status}))
 
-    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.ledger(),
+    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.delivery_log(),
                      on_change=report)
     _, stop = start_background(app, port=port)
     yield pipeline
@@ -64,7 +65,7 @@ def test_signed_callbacks_update_ledger_and_dagster_and_audit_once(with_callback
     assert len(sids) == 2 and len(pipeline.notifications(runs)) == 2
     for sid in sids:  # before any polling: the callbacks alone brought the final status
         assert ledger.by_sid(sid).status == "delivered"
-        assert {e.source for e in ledger.history(sid)} == {"callback"}
+        assert {e.source for e in DeliveryLog(pipeline.database.engine).history(sid)} == {"callback"}
     observed = pipeline.instance.fetch_observations(DELIVERIES_KEY, limit=50).records
     assert {r.asset_observation.metadata["sid"].value for r in observed} >= set(sids)
 

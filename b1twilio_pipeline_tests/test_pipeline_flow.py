@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.ledger import SENDING, Ledger, RedrivePolicy
 from b1twilio_pipeline.notifications.send import outgoing_text
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
@@ -152,7 +153,7 @@ def test_delivery_receipt_reaches_ledger_dagster_and_b1_audit_once(pipeline: Pip
     ledger = pipeline.ledger()
     sid = pipeline.notifications(runs)[0]["twilio_sid"]
     assert ledger.by_sid(sid).status == "delivered"
-    assert [e.status for e in ledger.history(sid)] == ["delivered"]
+    assert [e.status for e in DeliveryLog(pipeline.database.engine).history(sid)] == ["delivered"]
     audit_rows = pipeline.sap.udt_rows("B1TW_AUDIT")
     assert sorted(row["U_Status"] for row in audit_rows) == ["delivered", "delivered"]
     assert {row["U_MsgSid"] for row in audit_rows} == {m["sid"] for m in _sms_to(pipeline, AP_PHONES)}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from datetime import UTC, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import jsonschema
 import pytest
+import yaml
 
 from b1twilio_pipeline.alerts.rules import (
     KINDS,
@@ -500,6 +505,7 @@ RECIPIENT_CASES = [
     ('{name: Dana, phone_ref: "dana k"}', ["person 'Dana'", "field 'phone_ref'"], None),
     ('{name: Dana, phone: "+4915112345678", timezone: Mars/Base}', ["field 'timezone'", "Mars/Base"], None),
     ('{phone: "+4915112345678"}', ["person #1", "field 'name'", "required"], "+4915112345678"),
+    ('{name: ' + "D" * 121 + ', phone: "+4915112345678"}', ["field 'name'", "longer than 120 characters"], None),
 ]
 
 
@@ -612,3 +618,25 @@ def test_hold_until_voice_sms_urgent_and_recipient_zone(tmp_path: Path) -> None:
     assert reorder.hold_until(night, channel="sms") == at("2026-01-15 07:00")  # urgent SMS still held
     assert ap.hold_until(night) is None  # no quiet hours
     assert overdue.hold_until(datetime(2026, 1, 14, 12, 0, tzinfo=UTC)) is None
+
+
+# --- the JSON Schema for editors ----------------------------------------------------------------------------
+
+
+def test_rules_schema_validates_the_shipped_files_and_is_up_to_date() -> None:
+    root = Path(__file__).resolve().parents[1]
+    printed = subprocess.run([sys.executable, "-m", "b1twilio_pipeline.cli", "rules-schema"], capture_output=True,
+                             text=True, timeout=120, cwd=root)
+    assert printed.returncode == 0, printed.stderr
+    schema = json.loads(printed.stdout)
+    shipped = root / "b1twilio_pipeline" / "alerts" / "rules.schema.json"
+    assert json.loads(shipped.read_text()) == schema, "regenerate it: b1twilio rules-schema > " + str(shipped)
+    for rules_file in (default_rules_path(), root / "b1twilio_sim" / "demo_rules.yaml"):
+        first_line = rules_file.read_text().splitlines()[0]
+        assert first_line.startswith("# yaml-language-server: $schema=")
+        assert (rules_file.parent / first_line.split("=", 1)[1]).resolve() == shipped
+        jsonschema.validate(yaml.safe_load(rules_file.read_text()), schema)
+    broken = yaml.safe_load(default_rules_path().read_text())
+    broken["rules"][0]["chanel"] = "sms"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)

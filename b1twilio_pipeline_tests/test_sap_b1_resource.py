@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import logging
 import ssl
 import threading
-from pathlib import Path
 
 import dagster as dg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from b1twilio_pipeline.b1.client import (
-    SapB1AuthError,
-    SapB1Error,
-    SapB1Session,
-    SapB1Unavailable,
-)
+from b1twilio_pipeline.b1.client import SapB1Session
+from b1twilio_pipeline.b1.errors import SapB1AuthError, SapB1Error, SapB1Unavailable
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline_tests.certificates import self_signed_certificate
 from b1twilio_pipeline_tests.fixtures_sap import sap_session_for
 
 
@@ -279,35 +269,16 @@ def test_bad_configuration_is_one_line_and_never_disables_verification(tmp_path)
         SapB1Session("https://b1.example.com:50000/b1s/v1", "DB", "u", "p", timezone="Mars/Base")
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b1-simulator")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "b1.pem", tmp_path / "b1.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_ca_bundle_trusts_a_self_signed_b1_server(tmp_path) -> None:
     from b1twilio_sim.sap_b1 import SapB1Simulator
 
-    cert_path, key_path = _self_signed(tmp_path)
-    sim = SapB1Simulator()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    sim.socket = context.wrap_socket(sim.socket, server_side=True)  # the test turns the simulator into HTTPS
-    sim.start_background()
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    sim = SapB1Simulator(ssl_certfile=cert_path, ssl_keyfile=key_path).start_background()
     try:
-        url = sim.base_url.replace("http://", "https://")
+        url = sim.base_url
+        assert url.startswith("https://")
+        served = ssl.get_server_certificate(("127.0.0.1", int(sim.url.rsplit(":", 1)[1])))
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(cert_path.read_text())
         with SapB1Session(url, "SBODEMOUS", "manager", "manager", ca_bundle=str(cert_path),
                           max_retries=0) as trusted:
             assert trusted.count("Items") == 8

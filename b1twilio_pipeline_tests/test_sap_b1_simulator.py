@@ -1,17 +1,21 @@
-"""The B1 Service Layer simulator speaks the protocol of API_FACTS.md (raw HTTP, no client library)."""
+"""The B1 Service Layer simulator speaks the Service Layer protocol (raw HTTP, no client library)."""
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from b1twilio_pipeline_tests.certificates import self_signed_certificate
 from b1twilio_sim.sap_b1 import SapB1Simulator
 
 CREDENTIALS = {"CompanyDB": "SBODEMOUS", "UserName": "manager", "Password": "manager"}
@@ -317,6 +321,48 @@ def test_injected_faults_answer_in_b1_shape_or_drop(sap_sim, client_for) -> None
     assert client.get("Invoices").status_code == 200
 
 
+def test_latency_and_slow_logins_do_not_hold_up_other_requests(sap_sim_factory, client_for) -> None:
+    sim = sap_sim_factory(seed=False, login_latency_s=0.6, reject_parallel_logins=False)
+    client = client_for(sim)
+    sim.set_faults(latency_s=0.3)
+    answers: list[int] = []
+    started = time.monotonic()
+    workers = [threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{sim.base_url}/Login", json=CREDENTIALS, timeout=5).status_code)) for _ in range(4)]
+    workers += [threading.Thread(target=lambda: answers.append(client.get("Invoices").status_code))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert answers.count(200) == 5
+    assert time.monotonic() - started < 2.0  # 4 logins of 0.9 s each and a read of 0.3 s, side by side
+
+
+def test_request_log_keeps_the_query_string_headers_and_body(sap_sim, client_for) -> None:
+    client = client_for(sap_sim)
+    client.get("Invoices", params={"$select": "DocEntry", "$top": "2"}, headers={"B1S-PageSize": "7"})
+    login, read = sap_sim.requests
+    assert login.method == "POST" and b'"CompanyDB"' in login.body and login.status == 200
+    assert read.path == "/b1s/v1/Invoices?%24select=DocEntry&%24top=2" and read.status == 200
+    assert read.headers["B1S-PageSize"] == read.headers.get("b1s-pagesize") == "7"
+    assert "B1SESSION=" in read.headers["Cookie"]
+
+
+def test_https_with_a_certificate(sap_sim_factory, tmp_path) -> None:
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    sim = sap_sim_factory(version="v2", ssl_certfile=cert_path, ssl_keyfile=key_path)
+    assert sim.base_url.startswith("https://127.0.0.1:") and sim.base_url.endswith("/b1s/v2")
+    with httpx.Client(base_url=sim.base_url + "/", verify=str(cert_path), timeout=5) as client:
+        login = client.post("Login", json=CREDENTIALS)
+        assert login.status_code == 200
+        assert login.json()["@odata.context"].startswith(sim.base_url)
+        assert client.get("Items/$count").text == "8"
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{sim.base_url}/Items", timeout=5)
+    with pytest.raises(ValueError, match="both"):
+        SapB1Simulator(ssl_certfile=cert_path)
+
+
 def test_http_admin_api_drives_a_separate_simulator(sap_sim_factory, client_for) -> None:
     sim = sap_sim_factory(seed=False, clock=frozen_clock)
     admin = httpx.Client(base_url=sim.url + "/_admin/", timeout=5)
@@ -379,3 +425,16 @@ def test_command_line_prints_listening_line_and_only_demo_passwords() -> None:
         _, err = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "s3cret-from-env" not in err and "CompanyDB=SBODEMOUS" in err
+
+
+def test_command_line_stops_on_sigint() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "b1twilio_sim.sap_b1", "--port", "0", "--no-seed"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().removeprefix("listening on ")
+        assert httpx.get(f"{url}/_admin/info", timeout=5).json()["version"] == "v1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0 and out == "" and "Traceback" not in err

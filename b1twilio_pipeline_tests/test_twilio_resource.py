@@ -18,14 +18,14 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from b1twilio_pipeline.core.settings import ConfigurationError
-from b1twilio_pipeline.notifications.twilio_resource import (
+from b1twilio_pipeline.notifications.twilio_api import (
     AmbiguousDelivery,
     DeliveryStatus,
     Outbound,
     SentNotification,
-    TwilioResource,
     TwilioSendError,
 )
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
 from b1twilio_sim.twilio import TwilioSimulator
 

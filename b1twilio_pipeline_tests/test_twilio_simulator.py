@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,13 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
-from b1twilio_sim.twilio import DEMO_AUTH_TOKEN, TwilioSimulator
+from b1twilio_sim.twilio import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioSimulator
 
-SPEC = Path("/work/shared/reference/twilio_api_v2010.json")
+SPEC = Path(__file__).parent / "data" / "twilio" / "twilio_api_v2010.json"
 TO = "+15558675310"
 SM_SID = re.compile(r"^SM[0-9a-f]{32}$")
 CA_SID = re.compile(r"^CA[0-9a-f]{32}$")
@@ -149,9 +151,47 @@ def test_failure_rules_shape_lifecycles(twilio_sim: TwilioSimulator) -> None:
     assert record["error_message"] == "Unreachable destination handset"
     assert twilio_sim.record(failed)["error_code"] == 30008
     call_record = twilio_sim.record(call.json()["sid"])
-    assert [s["status"] for s in call_record["status_history"]] == ["queued", "initiated", "ringing",
-                                                                     "no-answer"]
+    assert [s["status"] for s in call_record["status_history"]] == ["queued", "ringing", "no-answer"]
     assert call_record["duration"] == "0"
+
+
+def test_call_resource_goes_queued_ringing_in_progress_completed_never_initiated(
+        twilio_sim: TwilioSimulator, callback_sink: CallbackSink) -> None:
+    """`initiated` is a status callback event (CallStatus=initiated), never a status of the Call resource."""
+    twilio_sim.set_auto_advance(False)
+    client, path = api(twilio_sim, "Calls.json")
+    with client:
+        sid = client.post(path, data={"To": TO, "From": SIM_FROM_NUMBER, "Twiml": "<Response/>",
+                                      "StatusCallback": callback_sink.url,
+                                      "StatusCallbackEvent": ["initiated", "ringing", "answered", "completed"]},
+                          ).json()["sid"]
+        instance = path.replace("Calls.json", f"Calls/{sid}.json")
+        seen = [client.get(instance).json()]
+        while twilio_sim.tick():
+            seen.append(client.get(instance).json())
+    assert [call["status"] for call in seen] == ["queued", "ringing", "in-progress", "completed"]
+    assert seen[0]["start_time"] is None and all(call["start_time"] for call in seen[1:])
+    assert seen[1]["start_time"] == seen[-1]["start_time"]  # dialled once, when it started ringing
+    assert twilio_sim.wait_callbacks()
+    callbacks = [cb.params for cb in callback_sink.wait_for(4)]
+    assert [(cb["CallStatus"], cb["SequenceNumber"]) for cb in callbacks] == [
+        ("initiated", "0"), ("ringing", "1"), ("in-progress", "2"), ("completed", "3")]
+
+
+def test_failed_call_is_dialled_then_failed(twilio_sim: TwilioSimulator, callback_sink: CallbackSink) -> None:
+    twilio_sim.set_rules({"+15005550012": {"call": "failed", "error_code": 32009}})
+    client, path = api(twilio_sim, "Calls.json")
+    with client:
+        sid = client.post(path, data={"To": "+15005550012", "From": SIM_FROM_NUMBER, "Url": "http://x/",
+                                      "StatusCallback": callback_sink.url, "StatusCallbackEvent": "initiated"},
+                          ).json()["sid"]
+    twilio_sim.advance()
+    call = twilio_sim.record(sid)
+    assert [s["status"] for s in call["status_history"]] == ["queued", "failed"]
+    assert call["start_time"] and call["end_time"] and call["duration"] == "0"
+    callbacks = [cb.params for cb in callback_sink.wait_for(2)]
+    assert [cb["CallStatus"] for cb in callbacks] == ["initiated", "failed"]
+    assert callbacks[1]["ErrorCode"] == "32009"
 
 
 def test_signed_message_callbacks_after_the_initial_status(twilio_sim: TwilioSimulator,
@@ -256,6 +296,26 @@ def test_injected_5xx_uses_twilio_error_body(twilio_sim: TwilioSimulator) -> Non
     assert second.status_code == 201
 
 
+def test_dropped_connection_is_a_transport_error_for_both_clients(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_faults(drop_next=2)
+    with pytest.raises(httpx.TransportError):
+        send_message(twilio_sim)
+    client = Client(twilio_sim.account_sid, twilio_sim.auth_token)
+    client.api.base_url = twilio_sim.url
+    with pytest.raises(requests.RequestException):
+        client.messages.create(to=TO, from_=SIM_FROM_NUMBER, body="dropped")
+    assert [entry.status for entry in twilio_sim.api_requests()] == [-1, -1]
+    assert twilio_sim.messages() == []  # dropped before the create
+    assert send_message(twilio_sim).status_code == 201
+
+
+def test_accepted_then_failed_create_takes_effect(twilio_sim: TwilioSimulator) -> None:
+    twilio_sim.set_faults(accept_then_fail_next=1, fail_status=504)
+    answer = send_message(twilio_sim)
+    assert answer.status_code == 504 and answer.json()["code"] == 20504
+    assert len(twilio_sim.messages()) == 1 and twilio_sim.faults.accept_then_fail_next == 0
+
+
 def test_list_filters_and_paging_with_the_twilio_client(twilio_sim: TwilioSimulator) -> None:
     for n in range(5):
         send_message(twilio_sim, Body=f"alert {n}")
@@ -322,6 +382,32 @@ def test_cli_prints_url_and_stops_on_sigterm() -> None:
         _, err = process.communicate(timeout=10)
     assert process.returncode == 0
     assert DEMO_AUTH_TOKEN in err  # the demo credentials are printed for the operator
+
+
+def test_cli_survives_clients_that_leave_and_dropped_connections_without_a_traceback() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    process, line = _start_cli(env)
+    url = line.removeprefix("listening on ")
+    try:
+        with httpx.Client(base_url=url, timeout=5) as admin:
+            admin.post("/_admin/latency", json={"seconds": 0.3})
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as gone:  # leaves while its answer is delayed
+                gone.sendall(b"GET /2010-04-01/Accounts/AC1/Calls.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            with socket.create_connection((host, int(port))) as gone:  # leaves in the middle of its body
+                gone.sendall(b"POST /2010-04-01/Accounts/AC1/Calls.json HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 100\r\n\r\nTo=")
+            admin.post("/_admin/latency", json={"seconds": 0})
+            admin.post("/_admin/faults", json={"drop_next": 1})
+            with pytest.raises(httpx.TransportError):
+                admin.get(f"/2010-04-01/Accounts/{DEMO_ACCOUNT_SID}/Calls.json")
+            threading.Event().wait(0.5)
+            assert admin.get("/_admin/state").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert "Traceback" not in err and "ERROR" not in err and out == ""
 
 
 def test_cli_never_prints_a_token_from_the_environment() -> None:

@@ -1,4 +1,4 @@
-"""`b1twilio demo`: the quick start (SPEC section 7), everything on loopback in one process tree.
+"""`b1twilio demo`: the quick start, everything on loopback in one process tree.
 
 This process serves the SAP B1 simulator (seeded), the Twilio simulator and the status-callback receiver
 from threads, and runs `dagster dev` as a child in its own process group, on a SQLite instance under
@@ -8,7 +8,7 @@ notification runs text and call the demo recipients at the Twilio simulator, and
 in the B1 simulator's audit table.
 
 Credentials: the simulators accept B1_COMPANY_DB / B1_USERNAME / B1_PASSWORD and TWILIO_ACCOUNT_SID /
-TWILIO_AUTH_TOKEN from the environment when set (SPEC section 11), else the demo makes random ones per
+TWILIO_AUTH_TOKEN from the environment when set (the variables the pipeline reads), else the demo makes random ones per
 start. They are handed to `dagster dev` through its environment and written, for the operator's own
 `dagster` commands, to `<data-dir>/demo.env` (mode 0600); they are never printed.
 

@@ -112,7 +112,7 @@ class Simulators:
 def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
                      status_delay_s: float = 1.0) -> Simulators:
     from b1twilio_pipeline.core.database import engine_for
-    from b1twilio_pipeline.notifications.ledger import Ledger
+    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
     from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
 
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
@@ -125,7 +125,7 @@ def start_simulators(creds: Credentials, database_url: str, *, timezone: str, se
         port = free_port()
         callback_url = f"http://{HOST}:{port}{STATUS_PATH}"
         app = create_app(auth_token=creds.auth_token, public_url=callback_url,
-                         sink=Ledger(engine_for(database_url)))
+                         sink=DeliveryLog(engine_for(database_url)))
         _url, stop_callbacks = start_background(app, HOST, port)
     except BaseException:
         sims.stop()

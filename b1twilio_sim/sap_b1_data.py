@@ -1,7 +1,8 @@
 """Entity schemas, record builders and the seeded demo data of the B1 Service Layer simulator.
 
-Field names and value forms follow API_FACTS.md so that the pipeline's `$select` lists and filters are
-checked against the same names a real Service Layer uses: an unknown field is an error, not a silent empty.
+Field names and value forms are those of a real Service Layer's public models, so the pipeline's `$select`
+lists and filters are checked against the names it will meet in production: an unknown field is an error,
+not a silent empty.
 Dates are stored as `YYYY-MM-DD` and times as `HH:MM:SS` (B1 server local time); the server renders
 dates per protocol version.
 """
@@ -31,7 +32,8 @@ DOCUMENT_FIELDS: FieldTypes = {
     "CreationDate": "date", "UpdateDate": "date", "UpdateTime": "time", "DocumentLines": "coll",
 }
 
-# IncomingPayments deliberately have no UpdateDate/UpdateTime (API_FACTS: absent from public models).
+# IncomingPayments deliberately have no UpdateDate/UpdateTime: the Service Layer's public models have none
+# (so a client must poll payments by DocDate or DocEntry, not by change time).
 PAYMENT_FIELDS: FieldTypes = {
     "DocEntry": "int", "DocNum": "int", "DocType": "str", "DocDate": "date", "DueDate": "date",
     "CardCode": "str", "CardName": "str", "DocCurrency": "str", "CashSum": "float", "TransferSum": "float",

@@ -1,8 +1,13 @@
-"""State of the Twilio simulator: messages and calls, their lifecycles, failure rules and status callbacks.
+"""State of the Twilio simulator: messages and calls, their lifecycles and failure rules.
 
 Kept apart from the HTTP layer so the lifecycle (what Twilio would do after accepting a request) can be
 driven both by a background worker (demo: statuses move on by themselves) and by `advance()` / `tick()`
 (tests: push every lifecycle to its end without sleeping).
+
+A message goes queued (accepted first with a Messaging Service) -> sent -> delivered (or undelivered,
+failed, read). A call goes queued -> ringing -> in-progress -> completed (or busy, no-answer, failed): the
+Call resource never shows `initiated`, which Twilio reports only as a status callback event when it starts
+dialling; `start_time` is set then.
 """
 
 from __future__ import annotations
@@ -13,22 +18,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
+from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
-import httpx
-from twilio.request_validator import RequestValidator
+from b1twilio_sim.twilio_callbacks import (
+    API_VERSION,
+    FINAL_CALL_STATUSES,
+    CallbackAttempt,
+    CallbackSender,
+    callback_params,
+    now_utc,
+    rfc2822,
+)
 
-API_VERSION = "2010-04-01"
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-
-FINAL_MESSAGE_STATUSES = frozenset({"delivered", "undelivered", "failed", "read", "canceled"})
-FINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-CALLBACK_MODES = frozenset({"normal", "fail", "duplicate", "out_of_order"})
 
 # Twilio's own wording for the asynchronous delivery errors (they land in `error_message`).
 DELIVERY_ERRORS: dict[int, str] = {
@@ -39,21 +43,10 @@ DELIVERY_ERRORS: dict[int, str] = {
     30008: "Unknown error",
 }
 _DEFAULT_ERROR = {"undelivered": 30003, "failed": 30008}
-# Call status -> StatusCallbackEvent name (the `answered` event carries CallStatus in-progress).
-_CALL_EVENT = {"initiated": "initiated", "ringing": "ringing", "in-progress": "answered"}
 _GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
     "¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
 )
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def rfc2822(moment: datetime | None) -> str | None:
-    """Twilio's date format: `Thu, 24 Aug 2023 05:01:45 +0000`."""
-    return None if moment is None else format_datetime(moment.replace(microsecond=0))
 
 
 def new_sid(prefix: str) -> str:
@@ -66,23 +59,6 @@ def num_segments(body: str) -> int:
     if len(body) <= single:
         return 1
     return -(-len(body) // multi)
-
-
-@dataclass
-class CallbackAttempt:
-    """One status callback as the simulator sent it (or dropped it), for tests to inspect."""
-
-    url: str
-    params: dict[str, str]
-    signature: str
-    status: str
-    http_status: int | None = None
-    error: str | None = None
-    at: str = field(default_factory=lambda: now_utc().isoformat())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "params": self.params, "signature": self.signature, "status": self.status,
-                "http_status": self.http_status, "error": self.error, "at": self.at}
 
 
 @dataclass
@@ -164,13 +140,8 @@ class TwilioState:
         self.records: dict[str, Record] = {}
         self.rules: dict[str, Rule] = {}
         self.opted_out: set[str] = set()
-        self.callback_modes: set[str] = set()
+        self.callbacks = CallbackSender(auth_token, self.lock, callback_timeout_s)
         self._order = 0
-        self._validator = RequestValidator(auth_token)
-        self._http = httpx.Client(timeout=callback_timeout_s)
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="twilio-sim-callback")
-        self._pending = 0
-        self._idle = threading.Condition(self.lock)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
 
@@ -261,8 +232,7 @@ class TwilioState:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
+        self.callbacks.close()
 
     def _run(self) -> None:
         interval = max(0.005, min(0.05, self.status_delay_s / 4))
@@ -293,14 +263,22 @@ class TwilioState:
                 while record.steps:
                     self._step(record)
                     moved += 1
-        self.wait_callbacks(wait_callbacks_s)
+        self.callbacks.wait(wait_callbacks_s)
         return moved
 
+    def wait_callbacks(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued callback has been sent (or failed); False on timeout."""
+        return self.callbacks.wait(timeout_s)
+
     def _step(self, record: Record) -> None:
-        """Apply the next status (lock held) and queue the callback Twilio would send for it."""
+        """Apply the next status (lock held) and queue the callbacks Twilio would send for it. A call's
+        first step dials it: Twilio reports that as the `initiated` event before the status it reaches."""
         status = record.steps.popleft()
         moment = now_utc()
         resource = record.resource
+        if record.kind == "call" and resource["start_time"] is None:
+            resource["start_time"] = rfc2822(moment)
+            self._notify(record, "initiated", moment, final=False)
         resource["status"] = status
         resource["date_updated"] = rfc2822(moment)
         record.history.append({"status": status, "at": moment.isoformat()})
@@ -308,9 +286,12 @@ class TwilioState:
             self._message_changed(record, status)
         else:
             self._call_changed(record, status, moment)
-        params = self._callback_params(record, status, moment)
+        self._notify(record, status, moment, final=not record.steps)
+
+    def _notify(self, record: Record, status: str, moment: datetime, *, final: bool) -> None:
+        params = callback_params(record, self.account_sid, status, moment)
         if params is not None:
-            self._queue_callback(record, params, final=not record.steps)
+            self.callbacks.queue(record, params, final=final)
 
     def _message_changed(self, record: Record, status: str) -> None:
         resource = record.resource
@@ -323,118 +304,12 @@ class TwilioState:
 
     def _call_changed(self, record: Record, status: str, moment: datetime) -> None:
         resource = record.resource
-        if status == "initiated":
-            resource["start_time"] = rfc2822(moment)
         if status in FINAL_CALL_STATUSES:
             resource["end_time"] = rfc2822(moment)
             answered = status == "completed"
             resource["duration"] = str(record.duration_s if answered else 0)
             if answered:
                 resource["price"] = f"-{0.014 * max(1, -(-record.duration_s // 60)):.5f}"
-
-    # ----- status callbacks --------------------------------------------------------------------------
-
-    def _callback_params(self, record: Record, status: str, moment: datetime) -> dict[str, str] | None:
-        if not record.status_callback:
-            return None
-        resource = record.resource
-        if record.kind == "message":
-            params = {"MessageSid": record.sid, "SmsSid": record.sid, "MessageStatus": status,
-                      "SmsStatus": status, "AccountSid": self.account_sid, "To": resource["to"],
-                      "ApiVersion": API_VERSION}
-            if resource["from"]:
-                params["From"] = resource["from"]
-            if resource["messaging_service_sid"]:
-                params["MessagingServiceSid"] = resource["messaging_service_sid"]
-            if status in ("undelivered", "failed"):
-                params["ErrorCode"] = str(record.error_code)
-            if status in ("delivered", "undelivered"):
-                params["RawDlrDoneDate"] = moment.strftime("%y%m%d%H%M")
-            return params
-        event = _CALL_EVENT.get(status, "completed" if status in FINAL_CALL_STATUSES else "")
-        if event not in record.events:
-            return None
-        params = {"CallSid": record.sid, "AccountSid": self.account_sid, "From": resource["from"],
-                  "To": resource["to"], "Called": resource["to"], "Caller": resource["from"],
-                  "CallStatus": status, "ApiVersion": API_VERSION, "Direction": "outbound-api",
-                  "Timestamp": rfc2822(moment) or "", "CallbackSource": "call-progress-events",
-                  "SequenceNumber": str(record.sequence)}
-        record.sequence += 1
-        if status in FINAL_CALL_STATUSES:
-            params["CallDuration"] = resource["duration"] or "0"
-        if status == "failed" and record.error_code:
-            params["ErrorCode"] = str(record.error_code)
-        return params
-
-    def _queue_callback(self, record: Record, params: dict[str, str], *, final: bool) -> None:
-        """Queue (lock held) per the callback mode; one drain job per record keeps them in order."""
-        modes = self.callback_modes
-        if "out_of_order" in modes and not final:
-            record.held.append(params)
-            return
-        batch = [params, *record.held] if final else [params]
-        record.held = []
-        for item in batch:
-            record.outbox.extend([item, item] if "duplicate" in modes else [item])
-        if not record.draining:
-            record.draining = True
-            self._pending += 1
-            self._executor.submit(self._drain, record)
-
-    def _drain(self, record: Record) -> None:
-        try:
-            while True:
-                with self.lock:
-                    if not record.outbox:
-                        record.draining = False
-                        return
-                    params = record.outbox.popleft()
-                    drop = "fail" in self.callback_modes
-                attempt = self._deliver(record, params, drop=drop)
-                with self.lock:
-                    record.callbacks.append(attempt)
-        finally:
-            with self.lock:
-                self._pending -= 1
-                self._idle.notify_all()
-
-    def _deliver(self, record: Record, params: dict[str, str], *, drop: bool) -> CallbackAttempt:
-        """Send one signed callback; failures are recorded, never retried (as Twilio does by default)."""
-        url = record.status_callback or ""
-        status = params.get("MessageStatus") or params.get("CallStatus") or ""
-        if record.callback_method == "GET":
-            url = url + ("&" if "?" in url else "?") + urlencode(params)
-            signature = self._validator.compute_signature(url, {})
-        else:
-            signature = self._validator.compute_signature(url, params)
-        attempt = CallbackAttempt(url, dict(params), signature, status)
-        if drop:
-            attempt.error = "dropped by the simulator (callback mode 'fail')"
-            return attempt
-        headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1",
-                   "I-Twilio-Idempotency-Token": new_sid("")}
-        try:
-            if record.callback_method == "GET":
-                answer = self._http.get(url, headers=headers)
-            else:
-                answer = self._http.post(url, data=params, headers=headers)
-            attempt.http_status = answer.status_code
-            if answer.status_code >= 400:
-                attempt.error = f"callback endpoint answered HTTP {answer.status_code}"
-        except httpx.HTTPError as exc:
-            attempt.error = f"{type(exc).__name__}: {exc}"
-        return attempt
-
-    def wait_callbacks(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every queued callback has been sent (or failed); False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        with self.lock:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
 
     # ----- admin -------------------------------------------------------------------------------------
 
@@ -444,19 +319,14 @@ class TwilioState:
             self.rules.update(parsed)
 
     def set_callback_modes(self, modes: Iterable[str]) -> None:
-        chosen = set(modes) - {"normal"}
-        unknown = chosen - CALLBACK_MODES
-        if unknown:
-            raise ValueError(f"unknown callback modes {sorted(unknown)}: use {sorted(CALLBACK_MODES)}")
-        with self.lock:
-            self.callback_modes = chosen
+        self.callbacks.set_modes(set(modes))
 
     def reset(self) -> None:
         with self.lock:
             self.records.clear()
             self.rules.clear()
             self.opted_out.clear()
-            self.callback_modes = set()
+            self.callbacks.modes = set()
 
 
 def _message_steps(outcome: str) -> list[str]:
@@ -470,9 +340,10 @@ def _message_steps(outcome: str) -> list[str]:
 
 
 def _call_steps(outcome: str) -> list[str]:
+    """The statuses a call reaches after `queued`; the first of them is where it is dialled."""
     return {
-        "completed": ["initiated", "ringing", "in-progress", "completed"],
-        "busy": ["initiated", "ringing", "busy"],
-        "no-answer": ["initiated", "ringing", "no-answer"],
-        "failed": ["initiated", "failed"],
+        "completed": ["ringing", "in-progress", "completed"],
+        "busy": ["ringing", "busy"],
+        "no-answer": ["ringing", "no-answer"],
+        "failed": ["failed"],
     }[outcome]

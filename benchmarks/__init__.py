@@ -1,4 +1,4 @@
-"""Benchmarks of SPEC section 8, run with `make bench` (`python -m benchmarks`).
+"""Benchmarks, run with `make bench` (`python -m benchmarks`).
 
 Each module measures one optimization against a naive baseline in the same run, against the simulators
 with injected latency, and returns a `BenchResult` table: `initial_sync`, `incremental_poll`, `fanout`,

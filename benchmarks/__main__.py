@@ -1,4 +1,4 @@
-"""`python -m benchmarks` (`make bench`): run the SPEC section 8 benchmarks, print their tables and write
+"""`python -m benchmarks` (`make bench`): run the benchmarks, print their tables and write
 them to `benchmarks/results.md`.
 
     python -m benchmarks                       # everything at full size (a few minutes on 2 cores)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     info["total benchmark time"] = f"{time.perf_counter() - started:.0f} s"
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     document = "\n".join([
-        "# Benchmark results (SPEC section 8)", "",
+        "# Benchmark results", "",
         f"Produced by `{command.strip()}`. Ratios are baseline / optimized (how many times less the "
         "optimized path needs); every baseline was measured in the same run against the same simulators.", "",
         "## Machine", "", machine_markdown(info), "## Results", "", *sections,

@@ -34,28 +34,34 @@ def open_window(now: datetime, timezone: str = "UTC") -> tuple[datetime, datetim
 
 def _poll(session: Any, store: Any, sim: Any, window: tuple[datetime, datetime] | None) -> dict[str, Any]:
     """Poll every snapshot entity once (windowed, or the whole set when `window` is None)."""
-    from b1twilio_pipeline.b1.entities import ENTITIES
+    from b1twilio_pipeline.alerts.rules.kinds import reads_by_entity
+    from b1twilio_pipeline.b1.definitions import read_specs
+
+    specs = tuple(read_specs(reads_by_entity()).values())  # as the pipeline reads them
 
     sim.reset_requests()
     per_entity: dict[str, int] = {}
     fetched = changed = 0
     started = time.perf_counter()
-    for spec in ENTITIES:
+    for spec in specs:
         query = None if window is None else spec.window_filter(window[0], window[1], session.timezone)
         counts = store.upsert(spec.entity, spec.key,
                               session.get_all(spec.entity, filter=query, select=spec.select, orderby=spec.key))
         fetched += counts.fetched
         changed += counts.new + counts.updated
     wall = time.perf_counter() - started
-    for spec in ENTITIES:
+    for spec in specs:
         per_entity[spec.entity] = sim.count_requests("GET", spec.entity)
     return {"wall_s": wall, "requests": sim.count_requests(), "logins": sim.logins, "per_entity": per_entity,
             "rows_read": fetched, "changed": changed}
 
 
 def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) -> BenchResult:
+    from b1twilio_pipeline.alerts.rules.kinds import reads_by_entity
     from b1twilio_pipeline.b1.client import SapB1Session
-    from b1twilio_pipeline.b1.entities import ENTITIES
+    from b1twilio_pipeline.b1.definitions import read_specs
+
+    specs = tuple(read_specs(reads_by_entity()).values())  # as the pipeline reads them
     from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
     from b1twilio_pipeline.core.database import engine_for
     from b1twilio_sim.sap_b1 import DEMO_PASSWORD, SapB1Simulator
@@ -72,7 +78,7 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) 
         sim.set_faults(latency_s=latency_s)
         store = SnapshotStore(engine)
         with session() as initial:  # the initial sync this poll follows (not timed)
-            for spec in ENTITIES:
+            for spec in specs:
                 store.upsert(spec.entity, spec.key, initial.get_all(spec.entity, select=spec.select))
         now = datetime.now(UTC)
         window = open_window(now)
@@ -86,9 +92,9 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) 
         tmp.cleanup()
 
     def per_entity(result: dict[str, Any]) -> str:
-        return " / ".join(str(result["per_entity"][spec.entity]) for spec in ENTITIES)
+        return " / ".join(str(result["per_entity"][spec.entity]) for spec in specs)
 
-    entities = " / ".join(spec.entity for spec in ENTITIES)
+    entities = " / ".join(spec.entity for spec in specs)
     rows = [
         row("requests to B1 (incl. 1 login)", baseline["requests"], optimized["requests"]),
         Row(f"requests per entity ({entities})", per_entity(baseline), per_entity(optimized), "-"),
@@ -107,7 +113,7 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S) 
         "window; the upsert recognises them as unchanged.",
     ]
     facts = {"optimized": optimized, "baseline": baseline, "window": [start.isoformat(), end.isoformat()],
-             "entities": [spec.entity for spec in ENTITIES], "invoices": invoices}
+             "entities": [spec.entity for spec in specs], "invoices": invoices}
     return BenchResult("2. Incremental poll when nothing changed", rows, notes, facts)
 
 

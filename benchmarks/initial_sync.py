@@ -52,11 +52,10 @@ def sync_optimized(base_url: str, db_url: str, password: str, page_size: int = O
                    company_db: str = "SBODEMOUS", username: str = "manager") -> dict[str, Any]:
     """The pipeline's way: big pages, `$select`, streamed into chunked bulk upserts."""
     from b1twilio_pipeline.b1.client import SapB1Session
-    from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME
     from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
     from b1twilio_pipeline.core.database import engine_for
 
-    spec = ENTITY_BY_NAME["sales_invoices"]
+    spec = _invoice_spec()
     engine = engine_for(db_url)
     rss_before = current_rss_kib()
     started = time.perf_counter()
@@ -83,7 +82,7 @@ def sync_naive(base_url: str, db_url: str, password: str, company_db: str = "SBO
     from b1twilio_pipeline.b1.client import SapB1Session  # noqa: F401
 
     # Same imports as the optimized worker, so both start from a comparable resident size.
-    from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME  # noqa: F401
+    from b1twilio_pipeline.b1.entities import EntitySpec  # noqa: F401
     from b1twilio_pipeline.b1.snapshot_store import content_hash
     from b1twilio_pipeline.core.database import engine_for
     from b1twilio_pipeline.core.schema import snapshots
@@ -209,9 +208,15 @@ def run(invoices: int = DEFAULT_INVOICES, latency_s: float = DEFAULT_LATENCY_S,
 
 
 def _document_fields() -> tuple[str, ...]:
-    from b1twilio_pipeline.b1.filters import DOCUMENT_FIELDS
+    return _invoice_spec().select
 
-    return DOCUMENT_FIELDS
+
+def _invoice_spec() -> Any:
+    """Sales invoices as the pipeline reads them (the fields the rule kinds declare)."""
+    from b1twilio_pipeline.alerts.rules.kinds import reads_by_entity
+    from b1twilio_pipeline.b1.definitions import read_specs
+
+    return read_specs(reads_by_entity())["sales_invoices"]
 
 
 def _worker_main(argv: list[str]) -> None:

@@ -1,10 +1,10 @@
-"""The alert stage's definitions: one evaluation asset per rule kind, following its inputs (and, for
-overdue reminders, the calendar), and the job that evaluates every rule at once."""
+"""The alert stage's definitions: one evaluation asset per rule kind, following its inputs (and, for kinds
+the calendar alone can make true, re-evaluated after midnight), and the job that evaluates every rule."""
 
 import dagster as dg
 
-from b1twilio_pipeline.alerts.assets import ALERT_KINDS, ALERTS_GROUP, CALENDAR_KINDS, build_alert_asset
-from b1twilio_pipeline.alerts.rules import RulesConfig
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, build_alert_asset
+from b1twilio_pipeline.alerts.rules import RULE_KINDS, RulesConfig
 from b1twilio_pipeline.core.automation import follow_condition, with_condition
 
 alerts_job = dg.define_asset_job(
@@ -16,7 +16,7 @@ def alerts_definitions(rules: RulesConfig) -> dg.Definitions:
     rules_markdown = rules.describe()
     return dg.Definitions(
         assets=[with_condition(build_alert_asset(kind, rules_markdown),
-                               follow_condition(rules.timezone if kind in CALENDAR_KINDS else None))
-                for kind in ALERT_KINDS],
+                               follow_condition(rules.timezone if kind.CALENDAR else None))
+                for kind in RULE_KINDS],
         jobs=[alerts_job],
     )

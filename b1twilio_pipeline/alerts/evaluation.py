@@ -19,10 +19,9 @@ from datetime import date
 from typing import Any
 
 from b1twilio_pipeline.alerts.rules import Rule
+from b1twilio_pipeline.alerts.rules.base import DOCUMENT_FIELDS
 from b1twilio_pipeline.b1.snapshot_store import Snapshot
 
-DOCUMENT_TEMPLATE_FIELDS = ("DocEntry", "DocNum", "DocDate", "DocDueDate", "CardCode", "CardName",
-                            "NumAtCard", "DocTotal", "DocCurrency", "PaidToDate", "Comments")
 PO_TRACKED_FIELDS = ("DocTotal", "DocDueDate", "DocumentStatus", "Cancelled", "CardCode")
 
 
@@ -56,7 +55,7 @@ def _cancelled(doc: Mapping[str, Any]) -> bool:
 
 
 def document_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
-    fields = {name: doc.get(name) for name in DOCUMENT_TEMPLATE_FIELDS}
+    fields = {name: doc.get(name) for name in DOCUMENT_FIELDS}
     for name in ("DocDate", "DocDueDate"):
         day = parse_day(doc.get(name))
         fields[name] = day.isoformat() if day else ""

@@ -1,4 +1,5 @@
-"""Quiet hours: a daily wall-clock window in a time zone during which nobody is rung (SPEC section 2).
+"""Quiet hours: a daily wall-clock window in a time zone during which nobody is rung; SMS are held until it
+ends, and calls too unless the rule is urgent.
 
 Wall-clock semantics on purpose: "no calls 20:00-07:00" means local time, so across a DST change the
 window is one hour longer or shorter in absolute time, exactly as the person living there experiences it.
@@ -6,17 +7,22 @@ window is one hour longer or shorter in absolute time, exactly as the person liv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
-@dataclass(frozen=True)
+from b1twilio_pipeline.alerts.rules.fields import Clock
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class QuietHours:
-    """Window [start, end) in local time; `end < start` means it runs overnight (20:00 -> 07:00)."""
+    """Window [start, end) in local time; `end < start` means it runs overnight (20:00 -> 07:00). In the
+    rules file: `quiet_hours: {start: "20:00", end: "07:00"}`."""
 
-    start: time
-    end: time
+    start: Clock
+    end: Clock
 
     def __post_init__(self) -> None:
         if self.start == self.end:

@@ -12,7 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from b1twilio_pipeline.b1.client import SapB1Error, SapB1Session
+from b1twilio_pipeline.b1.client import SapB1Session
+from b1twilio_pipeline.b1.errors import SapB1Error
 
 TABLE = "B1TW_AUDIT"
 FIELDS: tuple[tuple[str, int, str], ...] = (

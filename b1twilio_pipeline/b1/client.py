@@ -3,77 +3,26 @@
 The session logs in lazily and once (under a lock: parallel logins fail on a real Service Layer), sends
 the B1SESSION and ROUTEID cookies on every call, renews an expired session exactly once per call (also in
 the middle of a paged read, continuing with the same next link), never retries a rejected login, retries
-5xx answers and dropped connections with bounded exponential backoff, and follows relative next links
-while asking for large pages. Messages never contain the password.
+5xx answers and dropped connections with bounded, jittered exponential backoff (tenacity), and follows
+relative next links while asking for large pages. Messages never contain the password.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
-import ssl
 import threading
-import time
 from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urljoin, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+import tenacity
 
-from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_pipeline.b1.endpoint import check_base_url, check_timezone, tls_advice, tls_verification
+from b1twilio_pipeline.b1.errors import SapB1AuthError, SapB1Error, SapB1Unavailable, one_line, parse_b1_error
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-
-
-class SapB1Error(Exception):
-    """A Service Layer call failed. `status` is the HTTP status, `code` B1's error code (an int when
-    numeric: v2 sends it as a string), `b1_message` B1's message text."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: int | str | None = None,
-                 b1_message: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.b1_message = b1_message
-
-    @property
-    def already_exists(self) -> bool:
-        """True for B1's "this entry already exists" answer (a repeated create of a table, field or record),
-        which idempotent writers treat as success."""
-        return self.code == -2035 or "already exist" in (self.b1_message or "").lower()
-
-
-class SapB1AuthError(SapB1Error):
-    """The Service Layer rejected the login (wrong user, password or company database). Not retried."""
-
-
-class SapB1Unavailable(SapB1Error):
-    """The Service Layer kept answering 5xx or dropping connections after the whole retry budget."""
-
-
-def parse_b1_error(response: httpx.Response) -> tuple[int | str | None, str]:
-    """(code, message) from a v1 or v2 error body; the raw text when the body is not B1's JSON."""
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        error = None
-    if not isinstance(error, dict):
-        text = " ".join(response.text.split())[:200]
-        return None, text or response.reason_phrase
-    code: int | str | None = error.get("code")
-    if isinstance(code, str):
-        code = int(code) if code.lstrip("-").isdigit() else code
-    message = error.get("message")
-    if isinstance(message, dict):
-        message = message.get("value")
-    return code, " ".join(str(message or "").split())
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 class SapB1Session:
@@ -88,7 +37,7 @@ class SapB1Session:
                  ca_bundle: str | None = None, page_size: int = 1000, max_retries: int = 4,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 8.0, timeout_s: float = 30.0,
                  renew_on_5002: bool = True, timezone: str = "UTC", logger: Any = None) -> None:
-        self.base_url = _check_base_url(base_url)
+        self.base_url = check_base_url(base_url)
         self.company_db = company_db
         self.username = username
         self._password = password
@@ -97,11 +46,11 @@ class SapB1Session:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.renew_on_5002 = renew_on_5002
-        self.timezone = _check_timezone(timezone)
+        self.timezone = check_timezone(timezone)
         self.ca_bundle = ca_bundle
         self.session_timeout_min: int | None = None
         self._log = logger or logging.getLogger(__name__)
-        self._client = httpx.Client(timeout=timeout_s, verify=_verify(ca_bundle))
+        self._client = httpx.Client(timeout=timeout_s, verify=tls_verification(ca_bundle))
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self._cookie: str | None = None
@@ -112,10 +61,6 @@ class SapB1Session:
         self.renewals = 0
 
     # ------------------------------------------------------------------------ public API
-
-    @property
-    def logged_in(self) -> bool:
-        return self._cookie is not None
 
     def get_all(self, entity: str, *, filter: str | None = None,
                 select: str | list[str] | tuple[str, ...] | None = None, orderby: str | None = None,
@@ -295,46 +240,43 @@ class SapB1Session:
     def _send(self, method: str, url: str, *, params: dict[str, str] | None = None,
               json: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
               retries: int | None = None, is_login: bool = False) -> httpx.Response:
-        """Send with bounded exponential backoff on 500/502/503/504 and connection errors."""
-        budget = self.max_retries if retries is None else retries
-        attempt = 0
-        while True:
-            attempt += 1
+        """Send, retrying 500/502/503/504 answers and dropped connections with jittered exponential
+        backoff (tenacity); any other answer is returned for the caller to judge."""
+
+        def attempt() -> httpx.Response:
             with self._counter_lock:
                 self.requests_made += 1
             try:
                 response = self._client.request(method, url, params=params, json=json, headers=headers)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {_one_line(str(exc)) or 'connection failed'}"
-                if "CERTIFICATE_VERIFY_FAILED" in last:  # configuration, not an outage: retrying cannot help
-                    raise SapB1Unavailable(self._tls_advice(last)) from None
-            else:
-                if response.status_code not in RETRY_STATUSES:
-                    return response
+                detail = f"{type(exc).__name__}: {one_line(str(exc)) or 'connection failed'}"
+                if "CERTIFICATE_VERIFY_FAILED" in detail:  # configuration, not an outage: retrying cannot help
+                    raise SapB1Unavailable(tls_advice(self.base_url, self.ca_bundle, detail)) from None
+                raise _Transient(detail) from None
+            if response.status_code in RETRY_STATUSES:
                 code, message = parse_b1_error(response)
-                last = f"HTTP {response.status_code}, code {code}: {message}"
-            if attempt > budget:
-                what = "login" if is_login else f"{method} {_path(url)}"
-                raise SapB1Unavailable(self._redact(
-                    f"SAP B1 Service Layer at {self.base_url} unavailable: {what} failed {attempt} times; "
-                    f"last error: {last}"))
-            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-            delay *= 0.5 + random.random() / 2
-            self._log.warning(self._redact(
-                f"SAP B1 {method} {_path(url)} attempt {attempt} failed ({last}); retrying in {delay:.2f}s"))
-            time.sleep(delay)
+                raise _Transient(f"HTTP {response.status_code}, code {code}: {message}")
+            return response
 
-    def _tls_advice(self, detail: str) -> str:
-        """What to fix when the server's certificate is refused: the host name, or the trust."""
-        host = urlsplit(self.base_url).hostname
-        if "mismatch" in detail.lower() or "not valid for" in detail.lower():
-            return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not valid for host "
-                    f"'{host}' ({detail}); use the host name the certificate names in B1_SERVICE_LAYER_URL")
-        if self.ca_bundle:
-            return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted by B1_CA_BUNDLE "
-                    f"{self.ca_bundle} ({detail}); put the CA that signed the B1 server's certificate in that file")
-        return (f"SAP B1 Service Layer at {self.base_url}: its TLS certificate is not trusted ({detail}); "
-                "set B1_CA_BUNDLE to the PEM CA bundle of the B1 server")
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            assert state.outcome is not None and state.next_action is not None
+            self._log.warning(self._redact(
+                f"SAP B1 {method} {_path(url)} attempt {state.attempt_number} failed "
+                f"({state.outcome.exception()}); retrying in {state.next_action.sleep:.2f}s"))
+
+        budget = self.max_retries if retries is None else retries
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Transient),
+            stop=tenacity.stop_after_attempt(budget + 1),
+            wait=tenacity.wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s),
+            before_sleep=log_retry, reraise=True)
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            what = "login" if is_login else f"{method} {_path(url)}"
+            raise SapB1Unavailable(self._redact(
+                f"SAP B1 Service Layer at {self.base_url} unavailable: {what} failed {budget + 1} times; "
+                f"last error: {exc}")) from None
 
     def _error(self, method: str, url: str, response: httpx.Response, note: str = "") -> SapB1Error:
         code, message = parse_b1_error(response)
@@ -356,6 +298,10 @@ class SapB1Session:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._password, "***") if len(self._password) >= 3 else text
+
+
+class _Transient(Exception):
+    """An outage-like failure (5xx, dropped connection) that the next attempt may not meet."""
 
 
 def _origin(url: str) -> str:
@@ -380,39 +326,4 @@ def _set_cookies(response: httpx.Response) -> dict[str, str]:
     return cookies
 
 
-def _check_base_url(url: str) -> str:
-    url = url.rstrip("/")
-    split = urlsplit(url)
-    if split.scheme not in ("http", "https") or not split.netloc:
-        raise ConfigurationError(f"B1_SERVICE_LAYER_URL {url!r} is not an http(s) URL: "
-                                 "use e.g. https://b1.example.com:50000/b1s/v1")
-    if not split.path.endswith(("/b1s/v1", "/b1s/v2")):
-        raise ConfigurationError(f"B1_SERVICE_LAYER_URL {url!r} must end with /b1s/v1 or /b1s/v2, "
-                                 "e.g. https://b1.example.com:50000/b1s/v1")
-    return url
-
-
-def _check_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigurationError(f"B1_TIMEZONE {name!r} is not a time zone: use an IANA name such as "
-                                 "'Europe/Berlin'") from None
-    return name
-
-
-def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
-    """Certificate verification, never off: the system trust store, or a CA bundle for self-signed B1."""
-    if not ca_bundle:
-        return True
-    if not os.path.isfile(ca_bundle):
-        raise ConfigurationError(f"B1_CA_BUNDLE {ca_bundle!r} does not exist: point it at a PEM file with "
-                                 "the CA certificate of the B1 server")
-    try:
-        return ssl.create_default_context(cafile=ca_bundle)
-    except ssl.SSLError as exc:
-        raise ConfigurationError(f"B1_CA_BUNDLE {ca_bundle!r} is not a readable PEM CA bundle: "
-                                 f"{_one_line(str(exc))}") from None
-
-
-__all__ = ["SapB1AuthError", "SapB1Error", "SapB1Session", "SapB1Unavailable", "parse_b1_error"]
+__all__ = ["SapB1Session"]

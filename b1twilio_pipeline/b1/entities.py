@@ -1,7 +1,12 @@
-"""The B1 entity sets the pipeline reads: their key, the fields it asks for, and how a window of changes
-is filtered for each."""
+"""The B1 entity sets the pipeline reads: their key, the fields every reader needs (key, change stamps, the
+state the snapshot store keeps), and how a window of changes is filtered for each. What else is asked for
+(`$select`) is what the rule kinds declare they read (`EntitySpec.reading`), so a field a rule uses is
+always requested."""
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -9,16 +14,23 @@ import dagster as dg
 
 from b1twilio_pipeline.b1 import filters as b1_filters
 
+DOCUMENT_BASE = ("DocEntry", "DocNum", "DocDate", "DocumentStatus", "Cancelled", "CancelStatus", "CreationDate",
+                 "UpdateDate", "UpdateTime")
+
 
 @dataclass(frozen=True)
 class EntitySpec:
-    """How one B1 entity set is polled: its key, the fields we need and how a window is filtered."""
+    """How one B1 entity set is read: its key, the fields asked for and how a window is filtered."""
 
     asset_name: str
     entity: str
     key: str
     select: tuple[str, ...]
     by_doc_date: bool = False  # IncomingPayments carry no UpdateDate/UpdateTime in the Service Layer
+
+    def reading(self, fields: Iterable[str]) -> EntitySpec:
+        """This entity asking for `fields` too (the fields the rule kinds read), in a stable order."""
+        return replace(self, select=tuple(dict.fromkeys([*self.select, *sorted(set(fields) - set(self.select))])))
 
     def window_filter(self, start: datetime, end: datetime, b1_timezone: str) -> str:
         if self.by_doc_date:
@@ -30,12 +42,12 @@ class EntitySpec:
 
 
 ENTITIES: tuple[EntitySpec, ...] = (
-    EntitySpec("purchase_invoices", "PurchaseInvoices", "DocEntry", tuple(b1_filters.DOCUMENT_FIELDS)),
-    EntitySpec("sales_invoices", "Invoices", "DocEntry", tuple(b1_filters.DOCUMENT_FIELDS)),
-    EntitySpec("purchase_orders", "PurchaseOrders", "DocEntry", tuple(b1_filters.PURCHASE_ORDER_FIELDS)),
-    EntitySpec("incoming_payments", "IncomingPayments", "DocEntry", tuple(b1_filters.PAYMENT_FIELDS),
+    EntitySpec("purchase_invoices", "PurchaseInvoices", "DocEntry", DOCUMENT_BASE),
+    EntitySpec("sales_invoices", "Invoices", "DocEntry", DOCUMENT_BASE),
+    EntitySpec("purchase_orders", "PurchaseOrders", "DocEntry", DOCUMENT_BASE),
+    EntitySpec("incoming_payments", "IncomingPayments", "DocEntry", ("DocEntry", "DocNum", "DocDate", "Cancelled"),
                by_doc_date=True),
-    EntitySpec("item_stock", "Items", "ItemCode", tuple(b1_filters.ITEM_FIELDS)),
+    EntitySpec("item_stock", "Items", "ItemCode", ("ItemCode", "InventoryItem", "UpdateDate", "UpdateTime")),
 )
 ENTITY_BY_NAME = {spec.asset_name: spec for spec in ENTITIES}
 

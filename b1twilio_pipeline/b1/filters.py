@@ -1,4 +1,4 @@
-"""OData `$filter` builders and `$select` lists for polling the B1 Service Layer.
+"""OData `$filter` builders for polling the B1 Service Layer.
 
 B1 stores UpdateDate/UpdateTime in the B1 server's local time, as a date plus a time string, and the
 Service Layer compares times to the minute only. So an incremental window cannot be one timestamp
@@ -11,40 +11,10 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-DOCUMENT_FIELDS: tuple[str, ...] = (
-    "DocEntry", "DocNum", "DocType", "DocDate", "DocDueDate", "TaxDate", "CardCode", "CardName",
-    "NumAtCard", "DocTotal", "DocTotalFc", "DocTotalSys", "DocCurrency", "PaidToDate", "PaidToDateFC",
-    "Comments", "DocumentStatus", "Cancelled", "CancelStatus", "DocObjectCode", "CreationDate", "UpdateDate",
-    "UpdateTime",
-)
-"""Fields of PurchaseInvoices and Invoices the rules and snapshots need (no lines: they are not used)."""
-
-PURCHASE_ORDER_FIELDS: tuple[str, ...] = (*DOCUMENT_FIELDS, "DocumentLines")
-"""Purchase orders also carry their lines, so "what changed" can name changed quantities and items."""
-
-PAYMENT_FIELDS: tuple[str, ...] = (
-    "DocEntry", "DocNum", "DocType", "DocDate", "DueDate", "CardCode", "CardName", "DocCurrency", "CashSum",
-    "TransferSum", "TransferDate", "Cancelled", "PaymentInvoices", "PaymentChecks", "PaymentCreditCards",
-)
-"""IncomingPayments have no UpdateDate/UpdateTime: poll them by DocDate (see `date_window_filter`). Cheques
-and card payments are lines of `PaymentChecks` (CheckSum) and `PaymentCreditCards` (CreditSum)."""
-
-ITEM_FIELDS: tuple[str, ...] = (
-    "ItemCode", "ItemName", "QuantityOnStock", "QuantityOrderedFromVendors", "QuantityOrderedByCustomers",
-    "MinInventory", "MaxInventory", "MinOrderQuantity", "ManageStockByWarehouse", "InventoryItem",
-    "UpdateDate", "UpdateTime", "ItemWarehouseInfoCollection",
-)
-"""Items with per-warehouse stock and reorder points (`MinInventory`, per warehouse `MinimalStock`)."""
-
 
 def quote(value: object) -> str:
     """An OData string literal: wrapped in single quotes, a quote inside doubled (`O'Neil` -> `'O''Neil'`)."""
     return "'" + str(value).replace("'", "''") + "'"
-
-
-def select_clause(fields: tuple[str, ...] | list[str]) -> str:
-    """`$select` value for a field list."""
-    return ",".join(fields)
 
 
 def and_(*clauses: str | None) -> str | None:

@@ -9,8 +9,9 @@ from typing import Any
 import dagster as dg
 
 from b1twilio_pipeline.b1 import records as b1_records
-from b1twilio_pipeline.b1.client import SapB1Error, SapB1Session
-from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME
+from b1twilio_pipeline.b1.client import SapB1Session
+from b1twilio_pipeline.b1.entities import EntitySpec
+from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.b1.snapshots import counting, snapshot_metadata
@@ -37,58 +38,59 @@ def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, .
             yield {k: v for k, v in row.items() if not k.startswith(("odata.", "@odata."))}
 
 
-@dg.asset(
-    key=OPEN_INVOICES_KEY,
-    group_name=STATE_GROUP,
-    kinds={"sap", "sql"},
-    description="Full refresh of every open sales invoice (`DocumentStatus eq 'bost_Open'`): overdue is "
-                "a state, and an invoice becomes overdue with no change in B1.",
-    check_specs=[b1_records.check_spec(OPEN_INVOICES_KEY)],
-)
-def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
-                        database: DatabaseResource) -> dg.MaterializeResult:
-    session = sap.session()
-    spec = ENTITY_BY_NAME["sales_invoices"]
-    snapshots = SnapshotStore(database.engine)
-    known_open = snapshots.open_keys(spec.entity)
-    seen: set[str] = set()
-    quarantine = b1_records.Quarantine(spec.key)
+def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.AssetsDefinition]:
+    """The open-invoice and stock-level state of the entities as they are read (`EntitySpec.reading`)."""
 
-    def rows() -> Iterator[dict[str, Any]]:
-        for row in quarantine.screen(session.get_all(spec.entity, filter="DocumentStatus eq 'bost_Open'",
-                                                     select=spec.select, orderby=spec.key)):
-            seen.add(str(row[spec.key]))
-            yield row
+    @dg.asset(
+        key=OPEN_INVOICES_KEY,
+        group_name=STATE_GROUP,
+        kinds={"sap", "sql"},
+        description="Full refresh of every open sales invoice (`DocumentStatus eq 'bost_Open'`): overdue is "
+                    "a state, and an invoice becomes overdue with no change in B1.",
+        check_specs=[b1_records.check_spec(OPEN_INVOICES_KEY)],
+    )
+    def open_invoices_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
+                            database: DatabaseResource) -> dg.MaterializeResult:
+        session = sap.session()
+        snapshots = SnapshotStore(database.engine)
+        known_open = snapshots.open_keys(invoices.entity)
+        seen: set[str] = set()
+        quarantine = b1_records.Quarantine(invoices.key)
 
-    counts, requests = counting(session, lambda: snapshots.upsert(spec.entity, spec.key, rows()))
-    gone = sorted(known_open - seen)
-    vanished: list[str] = []
-    closed, closed_requests = counting(session, lambda: snapshots.upsert(
-        spec.entity, spec.key, quarantine.screen(_refetch_closed(session, gone, spec.select, vanished))))
-    snapshots.close_vanished(spec.entity, vanished)
-    return dg.MaterializeResult(metadata=snapshot_metadata(
-        counts, requests + closed_requests, open_invoices=len(seen), closed_since_last_refresh=closed.updated,
-        vanished_from_b1=len(vanished), **quarantine.metadata()), check_results=[quarantine.check_result()])
+        def rows() -> Iterator[dict[str, Any]]:
+            for row in quarantine.screen(session.get_all(invoices.entity, filter="DocumentStatus eq 'bost_Open'",
+                                                         select=invoices.select, orderby=invoices.key)):
+                seen.add(str(row[invoices.key]))
+                yield row
 
+        counts, requests = counting(session, lambda: snapshots.upsert(invoices.entity, invoices.key, rows()))
+        gone = sorted(known_open - seen)
+        vanished: list[str] = []
+        closed, closed_requests = counting(session, lambda: snapshots.upsert(
+            invoices.entity, invoices.key,
+            quarantine.screen(_refetch_closed(session, gone, invoices.select, vanished))))
+        snapshots.close_vanished(invoices.entity, vanished)
+        return dg.MaterializeResult(metadata=snapshot_metadata(
+            counts, requests + closed_requests, open_invoices=len(seen),
+            closed_since_last_refresh=closed.updated, vanished_from_b1=len(vanished), **quarantine.metadata()),
+            check_results=[quarantine.check_result()])
 
-@dg.asset(
-    key=STOCK_LEVELS_KEY,
-    group_name=STATE_GROUP,
-    kinds={"sap", "sql"},
-    description="Full refresh of stock levels of every inventory item: stock moves do not always touch "
-                "the item's UpdateDate, and reorder alerts are about the current level.",
-    check_specs=[b1_records.check_spec(STOCK_LEVELS_KEY)],
-)
-def stock_levels_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
-                       database: DatabaseResource) -> dg.MaterializeResult:
-    session = sap.session()
-    spec = ENTITY_BY_NAME["item_stock"]
-    quarantine = b1_records.Quarantine(spec.key)
-    counts, requests = counting(session, lambda: SnapshotStore(database.engine).upsert(
-        spec.entity, spec.key, quarantine.screen(session.get_all(
-            spec.entity, filter="InventoryItem eq 'tYES'", select=spec.select, orderby=spec.key))))
-    return dg.MaterializeResult(metadata=snapshot_metadata(counts, requests, **quarantine.metadata()),
-                                check_results=[quarantine.check_result()])
+    @dg.asset(
+        key=STOCK_LEVELS_KEY,
+        group_name=STATE_GROUP,
+        kinds={"sap", "sql"},
+        description="Full refresh of stock levels of every inventory item: stock moves do not always touch "
+                    "the item's UpdateDate, and reorder alerts are about the current level.",
+        check_specs=[b1_records.check_spec(STOCK_LEVELS_KEY)],
+    )
+    def stock_levels_state(context: dg.AssetExecutionContext, sap: SapB1Resource,
+                           database: DatabaseResource) -> dg.MaterializeResult:
+        session = sap.session()
+        quarantine = b1_records.Quarantine(items.key)
+        counts, requests = counting(session, lambda: SnapshotStore(database.engine).upsert(
+            items.entity, items.key, quarantine.screen(session.get_all(
+                items.entity, filter="InventoryItem eq 'tYES'", select=items.select, orderby=items.key))))
+        return dg.MaterializeResult(metadata=snapshot_metadata(counts, requests, **quarantine.metadata()),
+                                    check_results=[quarantine.check_result()])
 
-
-STATE_ASSETS = (open_invoices_state, stock_levels_state)
+    return [open_invoices_state, stock_levels_state]

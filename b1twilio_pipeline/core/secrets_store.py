@@ -1,4 +1,4 @@
-"""Encrypted secrets store (SPEC section 6): settings and recipients' numbers encrypted at rest.
+"""Encrypted secrets store: settings and recipients' numbers encrypted at rest.
 
 File: `B1TWILIO_SECRETS_FILE`, default `$XDG_CONFIG_HOME/b1twilio/secrets.enc` (`~/.config/...`).
 Key: `B1TWILIO_SECRET_KEY` (32 random bytes, urlsafe base64, made by `b1twilio secrets generate-key`),
@@ -12,7 +12,7 @@ A fresh random 96-bit nonce per write is safe: the file is rewritten a handful o
 File layout: `B1TWSEC1` (format magic, also the AAD) + 12-byte nonce + ciphertext of a JSON object
 `{"version": 1, "secrets": {NAME: value}}`.
 
-Names are the setting names of SPEC section 9 (`KNOWN_NAMES`) plus `PHONE_<REF>` for recipients whose
+Names are the setting names the README lists (`KNOWN_NAMES`) plus `PHONE_<REF>` for recipients whose
 rules file entry says `phone_ref: <ref>` (see `b1twilio_pipeline.alerts.rules.phone_secret_name`).
 """
 

@@ -1,4 +1,4 @@
-"""The configuration contract of SPEC section 9: every setting is an environment variable; when it is
+"""The configuration contract (the README lists every setting): every setting is an environment variable; when it is
 unset the encrypted secrets store is asked, then the default. Resolved at run time, never at import."""
 
 from __future__ import annotations

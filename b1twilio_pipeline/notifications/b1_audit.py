@@ -5,11 +5,12 @@ B1 itself refuses a repeat)."""
 import dagster as dg
 
 from b1twilio_pipeline.b1 import audit_table as audit
-from b1twilio_pipeline.b1.client import SapB1Error
+from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY, DELIVERY_GROUP
-from b1twilio_pipeline.notifications.ledger import DeliveryEvent, Ledger
+from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
+from b1twilio_pipeline.notifications.ledger import Ledger
 
 AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])
 
@@ -35,7 +36,8 @@ def b1_audit_records(context: dg.AssetExecutionContext, sap: SapB1Resource,
                      database: DatabaseResource) -> dg.MaterializeResult:
     ledger = Ledger(database.engine)
     session = sap.session()
-    events = ledger.unaudited()
+    log = DeliveryLog(database.engine)
+    events = log.unaudited()
     outcomes = {"written": 0, "exists": 0}
     for event in events:
         record = _record(ledger, event)
@@ -48,7 +50,7 @@ def b1_audit_records(context: dg.AssetExecutionContext, sap: SapB1Resource,
             audit.setup_audit_table(session)
             outcome = audit.write_record(session, record)
         outcomes[outcome] += 1
-        ledger.mark_audited([event.seq])
+        log.mark_audited([event.seq])
     return dg.MaterializeResult(metadata={
         "receipts_written": outcomes["written"], "already_in_b1": outcomes["exists"],
         "dagster/row_count": len(events)})

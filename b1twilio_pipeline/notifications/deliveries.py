@@ -18,11 +18,13 @@ from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.settings import int_setting
 from b1twilio_pipeline.core.sql import utcnow
-from b1twilio_pipeline.notifications.ledger import DeliveryEvent, Ledger, Notification
+from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
+from b1twilio_pipeline.notifications.ledger import Ledger, Notification
 from b1twilio_pipeline.notifications.plan import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.statuses import StatusEvent, is_exception, is_final
-from b1twilio_pipeline.notifications.twilio_resource import TwilioResource, TwilioSendError
+from b1twilio_pipeline.notifications.twilio_api import TwilioSendError
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
 DELIVERY_GROUP = "notifications"
@@ -39,23 +41,23 @@ sent_notifications = dg.AssetSpec(
 )
 
 
-def _poll(twilio: TwilioResource, ledger: Ledger, log: Any) -> int:
+def _poll(twilio: TwilioResource, deliveries: DeliveryLog, log: Any) -> int:
     """Ask Twilio for what is due for a poll, least recently polled first; stop waiting for receipts
     older than B1TWILIO_RECEIPT_MAX_HOURS (their last status, e.g. `sent`, stands)."""
     now = utcnow()
-    expired = ledger.expire_unconfirmed(now, timedelta(hours=int_setting("B1TWILIO_RECEIPT_MAX_HOURS", 72)))
+    expired = deliveries.expire_unconfirmed(now, timedelta(hours=int_setting("B1TWILIO_RECEIPT_MAX_HOURS", 72)))
     if expired:
         log.info(f"{expired} message(s)/call(s) without a final status after the receipt window: final now")
     changed = 0
-    for sid, channel in ledger.due_for_poll(now):
+    for sid, channel in deliveries.due_for_poll(now):
         try:
             status = twilio.fetch_status(sid)
         except TwilioSendError as error:
             log.warning(f"could not poll {sid}: {error}")
             continue
         finally:
-            ledger.mark_polled(sid, now)
-        changed += ledger.apply_status(StatusEvent(
+            deliveries.mark_polled(sid, now)
+        changed += deliveries.apply_status(StatusEvent(
             sid=sid, channel=channel, status=status.status, error_code=status.error_code, source="poll",
             received_at=utcnow()))
     return changed
@@ -115,15 +117,15 @@ def _event_rows(events: Sequence[DeliveryEvent],
 )
 def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
                             database: DatabaseResource) -> dg.MaterializeResult:
-    ledger = Ledger(database.engine)
-    polled = _poll(twilio, ledger, context.log)
-    events = ledger.unreported()
+    ledger, deliveries = Ledger(database.engine), DeliveryLog(database.engine)
+    polled = _poll(twilio, deliveries, context.log)
+    events = deliveries.unreported()
     notifications = _notifications_of(ledger, events)
     escalations = _escalate(rules.load(), ledger)
     rows = _event_rows(events, notifications)
     exceptions = [row for row, event in zip(rows, events, strict=True)
                   if is_exception(event.channel, event.status)]
-    ledger.mark_reported(event.seq for event in events)
+    deliveries.mark_reported(event.seq for event in events)
     final = sum(1 for e in events if is_final(e.channel, e.status))
     return dg.MaterializeResult(
         metadata={

@@ -9,9 +9,9 @@ from typing import Any
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from b1twilio_pipeline.alerts.assets import ALERT_KINDS, ALERTS_GROUP
+from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, alert_key
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.alerts.rules import Recipient, Rule
+from b1twilio_pipeline.alerts.rules import RULE_KINDS, Recipient, Rule
 from b1twilio_pipeline.alerts.store import AlertStore
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.errors import ConfigurationError
@@ -49,7 +49,7 @@ def plan_for(rule: Rule, recipients: Sequence[Recipient], alert_id: str, documen
 
 @dg.asset(
     key=NOTIFICATION_PLAN_KEY,
-    deps=[dg.AssetKey(["alerts", name]) for name, _, _ in ALERT_KINDS.values()],
+    deps=[alert_key(kind) for kind in RULE_KINDS],
     group_name=ALERTS_GROUP,
     kinds={"python", "sql"},
     description="Each new alert becomes one notification per recipient in the ledger (recorded before "

@@ -1,10 +1,10 @@
-"""Receiver of Twilio status callbacks (SPEC section 5).
+"""Receiver of Twilio status callbacks.
 
 `POST /twilio/status` accepts Twilio's form-encoded callbacks for messages and calls. The
 `X-Twilio-Signature` is checked with twilio's own `RequestValidator` against the PUBLIC URL Twilio
 called (configured, because behind a proxy the local URL differs and `request.url` cannot be
 trusted); anything unsigned or mis-signed gets 403 and is not recorded. Valid events go to a
-`StatusSink` (the notification ledger), which decides with `delivery_status.should_advance` whether
+`StatusSink` (the delivery log), which decides with `statuses.should_advance` whether
 anything changed, so replays and out-of-order callbacks are harmless.
 
 Run it: `python -m b1twilio_pipeline.notifications.receiver --host 127.0.0.1 --port 8788`.
@@ -41,7 +41,7 @@ from twilio.request_validator import (
 
 from b1twilio_pipeline.core.phones import mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
-from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of, should_advance
+from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _STATUS = re.compile(r"^[a-z][a-z_-]{0,39}$")
 
 
 class StatusSink(Protocol):
-    """Where valid status events go: the notification ledger (`b1twilio_pipeline.b1.snapshot_store`)."""
+    """Where valid status events go: the delivery log (`notifications.delivery_log.DeliveryLog`)."""
 
     def apply_status(self, event: StatusEvent) -> bool:
         """Record `event` if it advances the SID's status; True when the ledger changed."""
@@ -62,26 +62,6 @@ class StatusSink(Protocol):
 
 class MalformedCallback(ValueError):
     """A signed callback whose fields cannot be understood (answered with 400)."""
-
-
-class MemoryStatusSink:
-    """Fallback sink when no ledger is available: latest status per SID in memory, changes logged.
-
-    It follows the same ordering rule as the ledger, so the receiver behaves the same without a database.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.latest: dict[str, StatusEvent] = {}
-
-    def apply_status(self, event: StatusEvent) -> bool:
-        with self._lock:
-            current = self.latest.get(event.sid)
-            if not should_advance(event.channel, current.status if current else None, event.status):
-                return False
-            self.latest[event.sid] = event
-        log.info("status %s -> %s (not stored: no ledger configured)", event.sid, event.status)
-        return True
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
@@ -282,9 +262,9 @@ def start_background(
 def _sink_from_settings() -> StatusSink:
     """The notification ledger on B1TWILIO_DATABASE_URL (the same database the pipeline uses)."""
     from b1twilio_pipeline.core.database import engine_for
-    from b1twilio_pipeline.notifications.ledger import Ledger
+    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 
-    return Ledger(engine_for())
+    return DeliveryLog(engine_for())
 
 
 def dagster_reporter() -> Callable[[StatusEvent], None] | None:

@@ -27,13 +27,8 @@ from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, setting
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
-from b1twilio_pipeline.notifications.twilio_resource import (
-    AmbiguousDelivery,
-    Outbound,
-    SentNotification,
-    TwilioResource,
-    TwilioSendError,
-)
+from b1twilio_pipeline.notifications.twilio_api import AmbiguousDelivery, Outbound, SentNotification, TwilioSendError
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
 ADMIN_RULE = "b1twilio-admin"  # rule id of the pipeline's own alerts to the admins group

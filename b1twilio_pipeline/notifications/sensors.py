@@ -13,6 +13,7 @@ from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.b1_audit import AUDIT_KEY
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
+from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger
 from b1twilio_pipeline.notifications.send import notify_job
 
@@ -62,7 +63,7 @@ def notification_sensor(context: dg.SensorEvaluationContext, database: DatabaseR
                        "reports new statuses, decides escalations and writes receipts to B1.")
 def delivery_status_sensor(context: dg.SensorEvaluationContext,
                            database: DatabaseResource) -> dg.SensorResult | dg.SkipReason:
-    work = Ledger(database.engine).pending_work(utcnow())
+    work = DeliveryLog(database.engine).pending_work(utcnow())
     cursor = json.loads(context.cursor) if context.cursor else {}
     changed = work["version"] != cursor.get("version", 0)
     if not changed and not any(work[k] for k in ("poll_due", "unreported", "unaudited", "undecided")):

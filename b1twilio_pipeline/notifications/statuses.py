@@ -101,11 +101,6 @@ def _ranks(channel: str) -> dict[str, int]:
         raise ValueError(f"unknown channel {channel!r}: expected one of {', '.join(CHANNELS)}") from None
 
 
-def is_known(channel: str, status: str) -> bool:
-    """Whether this module knows `status` for `channel` (Twilio may add new ones)."""
-    return status in _ranks(channel)
-
-
 def rank(channel: str, status: str) -> int:
     """Position of `status` in its lifecycle (see the module docstring); unknown statuses rank 90."""
     return _ranks(channel).get(status, UNKNOWN_RANK)

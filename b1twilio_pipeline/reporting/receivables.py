@@ -10,7 +10,6 @@ import pandas as pd
 from b1twilio_pipeline.alerts.assets import ALERTS_GROUP
 from b1twilio_pipeline.alerts.evaluation import open_amount, parse_day
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.b1.entities import ENTITY_BY_NAME, snapshot_key
 from b1twilio_pipeline.b1.snapshot_store import Snapshot, SnapshotStore
 from b1twilio_pipeline.b1.state import OPEN_INVOICES_KEY
 from b1twilio_pipeline.core.database_resource import DatabaseResource
@@ -51,7 +50,7 @@ def aging_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dg.asset(
     key=dg.AssetKey(["alerts", "overdue_receivables"]),
-    deps=[snapshot_key(ENTITY_BY_NAME["sales_invoices"]), OPEN_INVOICES_KEY],
+    deps=[dg.AssetKey(["b1", "sales_invoices"]), OPEN_INVOICES_KEY],
     group_name=ALERTS_GROUP,
     kinds={"pandas"},
     description="Overdue open amounts per customer and currency in 30-day buckets (what the overdue "

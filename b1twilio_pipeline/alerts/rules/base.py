@@ -1,0 +1,160 @@
+"""What every rule has, whatever its kind: an id, recipients, a channel and template, quiet hours, urgency and
+escalation. A kind (see `kinds`) adds its parameters and declares what it needs from B1 and what its
+template may use, so adding a kind is writing one class here and one evaluator (see `alerts.evaluators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
+
+from b1twilio_pipeline.alerts.quiet_hours import QuietHours
+from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fail
+from b1twilio_pipeline.alerts.rules.templates import check_template, render
+
+CHANNELS = ("sms", "voice", "sms_then_voice")
+# Fields of a marketing document (supplier and customer invoices, purchase orders) a template may use.
+DOCUMENT_FIELDS: dict[str, type] = {
+    "DocEntry": int, "DocNum": int, "DocDate": str, "DocDueDate": str, "CardCode": str, "CardName": str,
+    "NumAtCard": str, "DocTotal": float, "DocCurrency": str, "PaidToDate": float, "Comments": str,
+}
+
+
+def _channel(value: Any) -> str:
+    if value not in CHANNELS:
+        raise fail(f"'{value}' is not a channel: sms, voice or sms_then_voice")
+    return str(value)
+
+
+def _recipient_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise fail("must be a non-empty list of group or person names, e.g. [ap_team]")
+    return tuple(value)
+
+
+Channel = Annotated[Literal["sms", "voice", "sms_then_voice"], BeforeValidator(_channel)]
+RecipientNames = Annotated[tuple[str, ...], BeforeValidator(_recipient_names)]
+
+
+class Escalation(BaseModel):
+    """What happens when delivery fails. `to_voice_after_failed_sms`: an SMS that ends undelivered or
+    failed is followed by a voice call (the same as channel `sms_then_voice`). `next_recipient`: the
+    rule's recipients form an on-call chain: only the first is notified, the next one when delivery fails
+    or the call is not answered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to_voice_after_failed_sms: Flag = False
+    next_recipient: Flag = False
+
+
+class Rule(BaseModel):
+    """One alert rule. Subclasses are the kinds; their class variables say what the kind is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # What a kind declares (see `kinds`).
+    TEMPLATE_FIELDS: ClassVar[Mapping[str, type]]  # name -> type of the value the evaluator passes
+    READS: ClassVar[Mapping[str, Sequence[str]]]  # B1 entity -> the fields its evaluator reads
+    INPUTS: ClassVar[Sequence[str]]  # snapshot or state assets (`b1/<name>`) it evaluates over
+    WATCHES: ClassVar[Sequence[str]]  # snapshot assets whose changes make it alert at once
+    CALENDAR: ClassVar[bool] = False  # it can become true with the calendar alone (re-evaluated at night)
+    ASSET: ClassVar[str]  # its evaluation asset, `alerts/<name>`
+
+    id: RuleId
+    kind: str
+    enabled: Flag = True
+    channel: Channel = "sms"
+    recipients: RecipientNames
+    template: str
+    timezone: TimeZoneName | None = None
+    quiet_hours: QuietHours | None = None
+    urgent: Flag = False
+    escalation: Escalation = Escalation()
+
+    @field_validator("template")
+    @classmethod
+    def _template_fits_the_kind(cls, template: str) -> str:
+        return check_template(template, cls.model_fields["kind"].default, cls.TEMPLATE_FIELDS)
+
+    @field_validator("escalation")
+    @classmethod
+    def _escalation_fits_the_channel(cls, escalation: Escalation, info: ValidationInfo) -> Escalation:
+        if escalation.to_voice_after_failed_sms and info.data.get("channel") == "voice":
+            raise fail("only applies when the channel sends SMS", field="to_voice_after_failed_sms")
+        return escalation
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone or "UTC")
+
+    @property
+    def first_channel(self) -> str:
+        """The channel of the first attempt: `sms` or `voice`."""
+        return "sms" if self.channel == "sms_then_voice" else self.channel
+
+    @property
+    def escalates_to_voice(self) -> bool:
+        return self.channel == "sms_then_voice" or self.escalation.to_voice_after_failed_sms
+
+    @property
+    def fields(self) -> Mapping[str, type]:
+        return self.TEMPLATE_FIELDS
+
+    def render(self, fields: Mapping[str, Any]) -> str:
+        """The message text. Missing or None fields render empty rather than losing the alert."""
+        try:
+            return render(self.template, self.TEMPLATE_FIELDS, fields)
+        except ValueError as exc:
+            raise ValueError(f"rule '{self.id}': {exc}") from None
+
+    def hold_until(self, now: datetime, recipient_tz: ZoneInfo | None = None,
+                   channel: str | None = None) -> datetime | None:
+        """None when sending on `channel` (default: the first attempt's) is allowed now, else when quiet
+        hours end. Quiet hours are in the recipient's zone if set, else the rule's; an urgent rule's calls
+        ring anyway, its SMS are still held."""
+        if self.quiet_hours is None:
+            return None
+        chosen = channel or self.first_channel
+        if chosen not in ("sms", "voice"):
+            raise ValueError(f"channel must be 'sms' or 'voice', got {chosen!r}")
+        if chosen == "voice" and self.urgent:
+            return None
+        tz = recipient_tz or self.tz
+        return self.quiet_hours.next_end(now, tz) if self.quiet_hours.contains(now, tz) else None
+
+    # -- how the rule shows itself (check-config, the UI) ----------------------------------------------
+    def trigger(self) -> str:
+        """When the rule alerts, in words."""
+        raise NotImplementedError
+
+    def parameters(self) -> dict[str, object]:
+        """The rule's parameters (those of its kind, and the on-call chain), for the rules table."""
+        return {"next_recipient": True} if self.escalation.next_recipient else {}
+
+    def channel_text(self) -> str:
+        if self.escalates_to_voice:
+            return "SMS, then a voice call if the SMS fails"
+        return "SMS" if self.channel == "sms" else "voice call"
+
+    def describe(self, people: Sequence[str] | None = None) -> str:
+        """One line: what this rule would do (phones masked)."""
+        who = ", ".join(people if people is not None else self.recipients)
+        if self.escalation.next_recipient:
+            who = f"{who} (one at a time, next on failure)"
+        state = "" if self.enabled else " (disabled)"
+        text = f"{self.id}{state}: {self.trigger()} -> {self.channel_text()} to {who}"
+        if self.quiet_hours is not None:
+            text += f"; quiet hours {self.quiet_hours} ({self.timezone} unless the recipient has a zone)"
+            text += ": SMS held" + (", calls ring anyway (urgent)" if self.urgent else ", calls deferred")
+        elif self.urgent:
+            text += "; urgent"
+        return text
+
+
+def amount_text(minimum: float | None) -> str:
+    return f" of at least {minimum:,.2f}" if minimum else ""

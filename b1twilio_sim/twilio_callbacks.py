@@ -1,0 +1,192 @@
+"""Status callbacks of the Twilio simulator: their parameters, signatures and delivery.
+
+Twilio POSTs form-encoded callbacks signed with `X-Twilio-Signature` (HMAC-SHA1 of the URL and the sorted
+parameters, keyed with the Auth Token) and carries an `I-Twilio-Idempotency-Token`. It sends no callback for
+a message's initial status, does not retry a failed callback by default, and guarantees no order. The
+callback modes reproduce what a receiver must survive: callbacks dropped (`fail`), sent twice
+(`duplicate`), or the final status first (`out_of_order`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+if TYPE_CHECKING:
+    from b1twilio_sim.twilio_state import Record
+
+API_VERSION = "2010-04-01"
+CALLBACK_MODES = frozenset({"normal", "fail", "duplicate", "out_of_order"})
+FINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+# Call status -> the StatusCallbackEvent that reports it. `initiated` is an event only (sent with
+# CallStatus=initiated when Twilio starts dialling), never a status of the Call resource; the `answered`
+# event carries CallStatus in-progress; every final status is reported by the `completed` event.
+_CALL_EVENT = {"initiated": "initiated", "ringing": "ringing", "in-progress": "answered"}
+
+
+def rfc2822(moment: datetime | None) -> str | None:
+    """Twilio's date format: `Thu, 24 Aug 2023 05:01:45 +0000`."""
+    return None if moment is None else format_datetime(moment.replace(microsecond=0))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CallbackAttempt:
+    """One status callback as the simulator sent it (or dropped it), for tests to inspect."""
+
+    url: str
+    params: dict[str, str]
+    signature: str
+    status: str
+    http_status: int | None = None
+    error: str | None = None
+    at: str = field(default_factory=lambda: now_utc().isoformat())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "params": self.params, "signature": self.signature, "status": self.status,
+                "http_status": self.http_status, "error": self.error, "at": self.at}
+
+
+def callback_params(record: Record, account_sid: str, status: str, moment: datetime) -> dict[str, str] | None:
+    """The parameters of the callback reporting `status` (or the `initiated` event), or None when the
+    record has no callback URL or the caller did not ask for that call event. Call callbacks are numbered
+    (SequenceNumber from 0) in the order they are made."""
+    if not record.status_callback:
+        return None
+    resource = record.resource
+    if record.kind == "message":
+        params = {"MessageSid": record.sid, "SmsSid": record.sid, "MessageStatus": status,
+                  "SmsStatus": status, "AccountSid": account_sid, "To": resource["to"],
+                  "ApiVersion": API_VERSION}
+        if resource["from"]:
+            params["From"] = resource["from"]
+        if resource["messaging_service_sid"]:
+            params["MessagingServiceSid"] = resource["messaging_service_sid"]
+        if status in ("undelivered", "failed"):
+            params["ErrorCode"] = str(record.error_code)
+        if status in ("delivered", "undelivered"):
+            params["RawDlrDoneDate"] = moment.strftime("%y%m%d%H%M")
+        return params
+    event = _CALL_EVENT.get(status, "completed" if status in FINAL_CALL_STATUSES else "")
+    if event not in record.events:
+        return None
+    params = {"CallSid": record.sid, "AccountSid": account_sid, "From": resource["from"],
+              "To": resource["to"], "Called": resource["to"], "Caller": resource["from"],
+              "CallStatus": status, "ApiVersion": API_VERSION, "Direction": "outbound-api",
+              "Timestamp": rfc2822(moment) or "", "CallbackSource": "call-progress-events",
+              "SequenceNumber": str(record.sequence)}
+    record.sequence += 1
+    if status in FINAL_CALL_STATUSES:
+        params["CallDuration"] = resource["duration"] or "0"
+    if status == "failed" and record.error_code:
+        params["ErrorCode"] = str(record.error_code)
+    return params
+
+
+class CallbackSender:
+    """Queues and sends callbacks; one drain job per record keeps a record's callbacks in order.
+
+    `lock` is the account state's lock: it guards the records' outboxes and the pending count.
+    """
+
+    def __init__(self, auth_token: str, lock: threading.RLock, timeout_s: float) -> None:
+        self.lock = lock
+        self.modes: set[str] = set()
+        self._validator = RequestValidator(auth_token)
+        self._http = httpx.Client(timeout=timeout_s)
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="twilio-sim-callback")
+        self._pending = 0
+        self._idle = threading.Condition(lock)
+
+    def set_modes(self, modes: set[str]) -> None:
+        unknown = modes - CALLBACK_MODES
+        if unknown:
+            raise ValueError(f"unknown callback modes {sorted(unknown)}: use {sorted(CALLBACK_MODES)}")
+        with self.lock:
+            self.modes = modes - {"normal"}
+
+    def queue(self, record: Record, params: dict[str, str], *, final: bool) -> None:
+        """Queue one callback per the callback modes (lock held)."""
+        if "out_of_order" in self.modes and not final:
+            record.held.append(params)
+            return
+        batch = [params, *record.held] if final else [params]
+        record.held = []
+        for item in batch:
+            record.outbox.extend([item, item] if "duplicate" in self.modes else [item])
+        if not record.draining:
+            record.draining = True
+            self._pending += 1
+            self._executor.submit(self._drain, record)
+
+    def _drain(self, record: Record) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if not record.outbox:
+                        record.draining = False
+                        return
+                    params = record.outbox.popleft()
+                    drop = "fail" in self.modes
+                attempt = self._deliver(record, params, drop=drop)
+                with self.lock:
+                    record.callbacks.append(attempt)
+        finally:
+            with self.lock:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _deliver(self, record: Record, params: dict[str, str], *, drop: bool) -> CallbackAttempt:
+        """Send one signed callback; failures are recorded, never retried (as Twilio does by default)."""
+        url = record.status_callback or ""
+        status = params.get("MessageStatus") or params.get("CallStatus") or ""
+        if record.callback_method == "GET":
+            url = url + ("&" if "?" in url else "?") + urlencode(params)
+            signature = self._validator.compute_signature(url, {})
+        else:
+            signature = self._validator.compute_signature(url, params)
+        attempt = CallbackAttempt(url, dict(params), signature, status)
+        if drop:
+            attempt.error = "dropped by the simulator (callback mode 'fail')"
+            return attempt
+        headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1",
+                   "I-Twilio-Idempotency-Token": secrets.token_hex(16)}
+        try:
+            if record.callback_method == "GET":
+                answer = self._http.get(url, headers=headers)
+            else:
+                answer = self._http.post(url, data=params, headers=headers)
+            attempt.http_status = answer.status_code
+            if answer.status_code >= 400:
+                attempt.error = f"callback endpoint answered HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            attempt.error = f"{type(exc).__name__}: {exc}"
+        return attempt
+
+    def wait(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued callback has been sent (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
