@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/b1twilio: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,demo]"
 	touch $(BIN)/b1twilio
 
 install: $(BIN)/b1twilio

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from b1twilio_pipeline.core import secrets_store
+from b1twilio_pipeline.core import secrets_store, settings
 from b1twilio_pipeline.core.phones import mask_phone, mask_secret
 from b1twilio_pipeline.core.settings import ConfigurationError
 
@@ -136,9 +136,9 @@ def cmd_generate_key(args: argparse.Namespace) -> int:
 def cmd_set(args: argparse.Namespace) -> int:
     name = args.name.strip()
     value = args.value if args.value is not None else _read_value(name)
-    if secrets_store.is_phone_name(name):
+    if settings.is_phone_setting(name):
         value = value.strip()
-    secrets_store.validate_entry(name, value, allow_unknown=args.force)
+    settings.check_storable(name, value, allow_unknown=args.force)
     store = _open_store()
     store.set(name, value)
     print(f"stored {name} = {_masked(name, value)} in {store.path}")
@@ -218,7 +218,7 @@ def _read_value(name: str) -> str:
 
 
 def _masked(name: str, value: str) -> str:
-    return mask_phone(value) if secrets_store.is_phone_name(name) else mask_secret(value)
+    return mask_phone(value) if settings.is_phone_setting(name) else mask_secret(value)
 
 
 # --- check-config ------------------------------------------------------------------------------------------

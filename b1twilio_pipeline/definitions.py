@@ -48,10 +48,10 @@ def build_definitions(rules_path: str | None = None,
                       resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
     """`defs` for the code location; tests pass their own rules file and resources aimed at simulators."""
     rules = load_rules(rules_path)
-    polling = PollingSettings.from_settings(rules.timezone)
+    polling = PollingSettings.from_settings()
     partitions_def = polling.partitions_def()
     alerts = alerts_definitions(rules)
-    reporting = reporting_definitions(polling.timezone)
+    reporting = reporting_definitions(rules.timezone)
     # The alerts group: everything a change run may evaluate after reading its window.
     evaluations = [*alerts.assets, notification_plan, *reporting.assets]
     specs = read_specs(reads_by_entity())

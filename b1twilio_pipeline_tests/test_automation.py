@@ -115,15 +115,43 @@ def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
 
 def test_window_size_and_refresh_cadence_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "5")
-    partitions = PollingSettings.from_settings("Europe/Berlin").partitions_def()
+    partitions = PollingSettings.from_settings().partitions_def()
     window = partitions.time_window_for_partition_key("2026-11-25-10:05")
     assert window.end - window.start == timedelta(minutes=5)
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "7")
-    with pytest.raises(ConfigurationError, match="B1TWILIO_WINDOW_MINUTES=7 is not allowed"):
-        PollingSettings.from_settings("Europe/Berlin")
+    with pytest.raises(ConfigurationError, match="B1TWILIO_WINDOW_MINUTES='7' is not allowed: use one of 1, 2"):
+        PollingSettings.from_settings()
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "15")
     monkeypatch.setenv("B1TWILIO_STATE_REFRESH_MINUTES", "120")
-    assert PollingSettings.from_settings("UTC").refresh_cron == "0 */2 * * *"
+    assert PollingSettings.from_settings().refresh_cron == "0 */2 * * *"
+    monkeypatch.setenv("B1TWILIO_PARTITIONS_START", "2026-11-01")
+    with pytest.raises(ConfigurationError, match="B1TWILIO_PARTITIONS_START='2026-11-01' is not a window start"):
+        PollingSettings.from_settings()
+
+
+def test_partitions_follow_the_company_time_zone_not_the_rules_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """B1TWILIO_TIMEZONE (default B1_TIMEZONE) cuts the windows: editing the rules file's zone must not
+    change a single partition key."""
+    monkeypatch.delenv("B1TWILIO_TIMEZONE", raising=False)
+    monkeypatch.setenv("B1_TIMEZONE", "America/New_York")
+    rules = tmp_path / "rules.yaml"
+    text = (Path(__file__).parents[1] / "b1twilio_pipeline" / "alerts" / "default_rules.yaml").read_text()
+    rules.write_text(text.replace("timezone: Europe/Berlin", "timezone: Asia/Tokyo", 1))
+    assert "Asia/Tokyo" in rules.read_text()
+
+    def partitions_timezone() -> str:
+        job = build_definitions(str(rules)).resolve_job_def("b1_change_job")
+        partitions = job.partitions_def
+        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+        return partitions.timezone
+
+    assert partitions_timezone() == "America/New_York"
+    monkeypatch.setenv("B1TWILIO_TIMEZONE", "Europe/Lisbon")
+    assert partitions_timezone() == "Europe/Lisbon"
+    monkeypatch.setenv("B1TWILIO_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ConfigurationError, match="B1TWILIO_TIMEZONE='Mars/Olympus' is not a time zone"):
+        partitions_timezone()
 
 
 def _tick(defs: dg.Definitions, name: str, instance: dg.DagsterInstance,

@@ -185,7 +185,7 @@ def test_keyring_holds_the_key_and_follows_rotation(cli: Cli) -> None:
 
 def test_settings_read_env_then_store_then_default(cli: Cli) -> None:
     cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
-    probe = "from b1twilio_pipeline.core.settings import setting; print(setting('B1_COMPANY_DB', 'DEFAULTDB'))"
+    probe = "from b1twilio_pipeline.core.settings import current; print(current().b1_company_db or 'DEFAULTDB')"
 
     def read(env: dict[str, str] | None = None) -> str:
         result = subprocess.run(

@@ -11,11 +11,12 @@ import keyring
 import pytest
 from keyring.backend import KeyringBackend
 from keyring.errors import KeyringError
+from pydantic import SecretStr
 
-from b1twilio_pipeline.core import secrets_store
+from b1twilio_pipeline.core import secrets_store, settings
 from b1twilio_pipeline.core.database import database_url
 from b1twilio_pipeline.core.secrets_store import SecretsStore, SecretsStoreError, generate_key, read_secret
-from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core.settings import ConfigurationError, current
 
 
 class MemoryKeyring(KeyringBackend):
@@ -176,15 +177,52 @@ def test_settings_env_over_store_over_default(store_env: Path, monkeypatch: pyte
     monkeypatch.setenv("B1TWILIO_SECRET_KEY", key)
     monkeypatch.delenv("B1_COMPANY_DB", raising=False)
     store = SecretsStore(store_env, key)
-    assert setting("B1_COMPANY_DB", "DEFAULTDB") == "DEFAULTDB"
+    monkeypatch.delenv("B1TWILIO_ADMIN_GROUP", raising=False)
+    assert current().b1_company_db is None
+    with pytest.raises(ConfigurationError, match=r"B1_COMPANY_DB is not set: .*b1twilio secrets set B1_COMPANY_DB"):
+        current().require("b1_company_db", "login")
+    assert current().b1twilio_admin_group == "admins"
     store.set("B1_COMPANY_DB", "STOREDDB")
-    assert setting("B1_COMPANY_DB", "DEFAULTDB") == "STOREDDB"
-    assert require_setting("B1_COMPANY_DB", "login") == "STOREDDB"
+    store.set("B1TWILIO_ADMIN_GROUP", "ops")
+    assert current().b1_company_db == "STOREDDB"
+    assert current().require("b1_company_db", "login") == "STOREDDB"
+    assert current().b1twilio_admin_group == "ops"
     monkeypatch.setenv("B1_COMPANY_DB", "ENVDB")
-    assert setting("B1_COMPANY_DB", "DEFAULTDB") == "ENVDB"
+    assert current().b1_company_db == "ENVDB"
+    monkeypatch.setenv("B1_COMPANY_DB", "")  # empty counts as unset
+    assert current().b1_company_db == "STOREDDB"
+    assert current(b1_company_db="GIVEN").b1_company_db == "GIVEN"  # resource config wins
     monkeypatch.delenv("B1_COMPANY_DB")
     store.delete("B1_COMPANY_DB")
-    assert setting("B1_COMPANY_DB", "DEFAULTDB") == "DEFAULTDB"
+    assert current().b1_company_db is None
+
+
+def test_a_bad_setting_is_one_line_naming_it_without_echoing_secrets(
+        store_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv("B1TWILIO_SECRET_KEY", key)
+    monkeypatch.setenv("B1TWILIO_SEND_MAX_ATTEMPTS", "many")
+    with pytest.raises(ConfigurationError) as bad_int:
+        current()
+    assert str(bad_int.value).startswith("B1TWILIO_SEND_MAX_ATTEMPTS='many' is not valid: input should be")
+    monkeypatch.setenv("B1TWILIO_SEND_MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigurationError, match="B1TWILIO_SEND_MAX_ATTEMPTS='0' is not valid: input should be "
+                                                 "greater than or equal to 1"):
+        current()
+    monkeypatch.delenv("B1TWILIO_SEND_MAX_ATTEMPTS")
+    monkeypatch.setenv("TWILIO_FROM_NUMBER", "+44 7700 900123")
+    with pytest.raises(ConfigurationError) as bad_phone:
+        current()
+    assert "TWILIO_FROM_NUMBER=" in str(bad_phone.value) and "E.164" in str(bad_phone.value)
+    assert "7700 900123" not in str(bad_phone.value)  # masked
+    monkeypatch.delenv("TWILIO_FROM_NUMBER")
+    # A value from the store goes through the same checks, and a secret's value is never shown.
+    SecretsStore(store_env, key).set("TWILIO_ACCOUNT_SID", "hunter2-not-a-sid")
+    with pytest.raises(ConfigurationError) as bad_sid:
+        current()
+    assert "TWILIO_ACCOUNT_SID='hunter2-not-a-sid' must look like AC followed by 32 hex digits" in str(bad_sid.value)
+    assert "\n" not in str(bad_sid.value)
+    assert settings.Settings.names_of(SecretStr) == ("B1_PASSWORD", "TWILIO_AUTH_TOKEN", "TWILIO_API_SECRET")
 
 
 def test_decrypted_content_is_cached_per_file_version(
@@ -207,9 +245,10 @@ def test_decrypted_content_is_cached_per_file_version(
 
 
 def test_entry_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets_store.validate_entry("PHONE_SAM", "+447700900123")
-    secrets_store.validate_entry("TWILIO_AUTH_TOKEN", "abc")
-    secrets_store.validate_entry("MY_OWN", "x", allow_unknown=True)
+    settings.check_storable("PHONE_SAM", "+447700900123")
+    settings.check_storable("TWILIO_AUTH_TOKEN", "abc")
+    settings.check_storable("B1TWILIO_TIMEZONE", "Europe/Berlin")
+    settings.check_storable("MY_OWN", "x", allow_unknown=True)
     cases = {
         ("PHONE_SAM", "+44 7700 900123"): "E.164",
         ("TWILIO_FROM_NUMBER", "0044123"): "E.164",
@@ -220,7 +259,7 @@ def test_entry_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     for (name, value), expected in cases.items():
         with pytest.raises(SecretsStoreError) as caught:
-            secrets_store.validate_entry(name, value)
+            settings.check_storable(name, value)
         assert expected in str(caught.value)
         if value.startswith(("+44", "0044")):
             assert value not in str(caught.value)

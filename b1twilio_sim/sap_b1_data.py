@@ -56,7 +56,7 @@ WAREHOUSE_ROW_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class EntitySpec:
+class SimulatedCollection:
     """One entity set: its key field, field types and, for documents, the object code."""
 
     name: str
@@ -66,14 +66,14 @@ class EntitySpec:
     partner_kind: str = "customer"
 
 
-ENTITIES: dict[str, EntitySpec] = {
-    "PurchaseInvoices": EntitySpec("PurchaseInvoices", "DocEntry", DOCUMENT_FIELDS, "oPurchaseInvoices",
+ENTITIES: dict[str, SimulatedCollection] = {
+    "PurchaseInvoices": SimulatedCollection("PurchaseInvoices", "DocEntry", DOCUMENT_FIELDS, "oPurchaseInvoices",
                                    "supplier"),
-    "Invoices": EntitySpec("Invoices", "DocEntry", DOCUMENT_FIELDS, "oInvoices", "customer"),
-    "PurchaseOrders": EntitySpec("PurchaseOrders", "DocEntry", DOCUMENT_FIELDS, "oPurchaseOrders",
+    "Invoices": SimulatedCollection("Invoices", "DocEntry", DOCUMENT_FIELDS, "oInvoices", "customer"),
+    "PurchaseOrders": SimulatedCollection("PurchaseOrders", "DocEntry", DOCUMENT_FIELDS, "oPurchaseOrders",
                                  "supplier"),
-    "IncomingPayments": EntitySpec("IncomingPayments", "DocEntry", PAYMENT_FIELDS, None, "customer"),
-    "Items": EntitySpec("Items", "ItemCode", ITEM_FIELDS),
+    "IncomingPayments": SimulatedCollection("IncomingPayments", "DocEntry", PAYMENT_FIELDS, None, "customer"),
+    "Items": SimulatedCollection("Items", "ItemCode", ITEM_FIELDS),
 }
 
 DOC_NUM_START = {"PurchaseInvoices": 7001, "Invoices": 1001, "PurchaseOrders": 4001, "IncomingPayments": 2001}
@@ -108,7 +108,7 @@ def iso(day: date) -> str:
     return day.isoformat()
 
 
-def document_defaults(spec: EntitySpec, doc_entry: int, doc_num: int, today: date, now_time: str) -> dict:
+def document_defaults(spec: SimulatedCollection, doc_entry: int, doc_num: int, today: date, now_time: str) -> dict:
     """A new marketing document with every field present, as a GET without `$select` returns it."""
     card_code = next(iter(SUPPLIERS if spec.partner_kind == "supplier" else CUSTOMERS))
     return {
@@ -242,7 +242,7 @@ def seed_demo_data(target: SeedTarget, today: date, now_time: str, seed: int = 1
 InvoiceFactory = Callable[[int, int], dict]
 
 
-def bulk_invoice_factory(spec: EntitySpec, today: date, seed: int = 7) -> InvoiceFactory:
+def bulk_invoice_factory(spec: SimulatedCollection, today: date, seed: int = 7) -> InvoiceFactory:
     """A fast maker of plausible invoices for benchmarks (100,000 in a few seconds).
 
     Line lists are shared between generated documents to keep memory low: the simulator never mutates

@@ -21,8 +21,8 @@ from b1twilio_sim.sap_b1_data import (
     ENTITIES,
     PARTNERS,
     WAREHOUSE_ROW_DEFAULTS,
-    EntitySpec,
     FieldTypes,
+    SimulatedCollection,
     bulk_invoice_factory,
     document_defaults,
     item_defaults,
@@ -97,20 +97,20 @@ class CompanyDatabase:
     # ------------------------------------------------------------------------- documents
 
     @staticmethod
-    def _spec(entity: str) -> EntitySpec:
+    def _spec(entity: str) -> SimulatedCollection:
         spec = ENTITIES.get(entity)
         if spec is None:
             raise ValueError(f"unknown entity set {entity!r}: use one of {', '.join(ENTITIES)}")
         return spec
 
     @staticmethod
-    def _check_fields(spec: EntitySpec, fields: dict[str, Any]) -> None:
+    def _check_fields(spec: SimulatedCollection, fields: dict[str, Any]) -> None:
         unknown = [name for name in fields if name not in spec.fields]
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(unknown)} for {spec.name}")
 
     @staticmethod
-    def _normalise(spec: EntitySpec, fields: dict[str, Any]) -> dict[str, Any]:
+    def _normalise(spec: SimulatedCollection, fields: dict[str, Any]) -> dict[str, Any]:
         result = dict(fields)
         for name, value in fields.items():
             kind = spec.fields[name]
@@ -167,7 +167,7 @@ class CompanyDatabase:
             return _copy(record)
 
     @staticmethod
-    def _derive(spec: EntitySpec, record: dict, fields: dict[str, Any], *, creating: bool) -> None:
+    def _derive(spec: SimulatedCollection, record: dict, fields: dict[str, Any], *, creating: bool) -> None:
         """Compute what B1 computes (line totals, document totals, stock sums, payment sums) from what was
         given now; explicitly given totals win."""
         if spec.object_code is not None:

@@ -22,11 +22,11 @@ DEFAULT_INVOICES = 100_000
 DEFAULT_LATENCY_S = 0.005
 
 
-def open_window(now: datetime, timezone: str = "UTC") -> tuple[datetime, datetime]:
-    """The still-open polling window at `now`, from the same partitions definition the schedule uses."""
+def open_window(now: datetime) -> tuple[datetime, datetime]:
+    """The still-open polling window at `now`, from the same partitions definition the pipeline uses."""
     from b1twilio_pipeline.b1.windows import PollingSettings
 
-    partitions = PollingSettings.from_settings(timezone).partitions_def()
+    partitions = PollingSettings.from_settings().partitions_def()
     key = partitions.get_partition_key_for_timestamp(now.timestamp())
     window = partitions.time_window_for_partition_key(key)
     return window.start, window.end

@@ -19,8 +19,9 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import tenacity
 
-from b1twilio_pipeline.b1.endpoint import check_base_url, check_timezone, tls_advice, tls_verification
 from b1twilio_pipeline.b1.errors import SapB1AuthError, SapB1Error, SapB1Unavailable, one_line, parse_b1_error
+from b1twilio_pipeline.b1.tls import tls_advice, tls_verification
+from b1twilio_pipeline.core.settings import check_service_layer_url, check_timezone
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -37,7 +38,7 @@ class SapB1Session:
                  ca_bundle: str | None = None, page_size: int = 1000, max_retries: int = 4,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 8.0, timeout_s: float = 30.0,
                  renew_on_5002: bool = True, timezone: str = "UTC", logger: Any = None) -> None:
-        self.base_url = check_base_url(base_url)
+        self.base_url = check_service_layer_url(base_url)
         self.company_db = company_db
         self.username = username
         self._password = password

@@ -15,7 +15,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from b1twilio_pipeline.b1.client import SapB1Session
-from b1twilio_pipeline.core.settings import require_setting, setting
+from b1twilio_pipeline.core.settings import Settings, current
 
 _probe_sessions: dict[tuple[str | None, ...], SapB1Session] = {}
 _probe_lock = threading.Lock()
@@ -54,23 +54,26 @@ class SapB1Resource(dg.ConfigurableResource):
             self._session.close()
             self._session = None
 
+    def settings(self) -> Settings:
+        """The fields that are set, the settings contract for the others, all through the same checks."""
+        return current(b1_service_layer_url=self.service_layer_url, b1_company_db=self.company_db,
+                       b1_username=self.username, b1_password=self.password, b1_ca_bundle=self.ca_bundle,
+                       b1_timezone=self.timezone)
+
     def resolved_timezone(self) -> str:
         """The B1 server's time zone (UpdateDate/UpdateTime are local to it)."""
-        return self.timezone or setting("B1_TIMEZONE", "UTC") or "UTC"
+        return self.settings().b1_timezone
 
     def create_session(self, logger: Any = None) -> SapB1Session:
         """A new session from the fields, falling back to the settings contract for unset ones."""
-        purpose = "SAP B1 Service Layer login"
+        now, purpose = self.settings(), "SAP B1 Service Layer login"
         return SapB1Session(
-            self.service_layer_url or require_setting("B1_SERVICE_LAYER_URL", "SAP B1 Service Layer URL"),
-            self.company_db or require_setting("B1_COMPANY_DB", purpose),
-            self.username or require_setting("B1_USERNAME", purpose),
-            self.password or require_setting("B1_PASSWORD", purpose),
-            ca_bundle=self.ca_bundle or setting("B1_CA_BUNDLE"), page_size=self.page_size,
+            now.require("b1_service_layer_url", "SAP B1 Service Layer URL"),
+            now.require("b1_company_db", purpose), now.require("b1_username", purpose),
+            now.require("b1_password", purpose), ca_bundle=now.b1_ca_bundle, page_size=self.page_size,
             max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s, timeout_s=self.timeout_s, renew_on_5002=self.renew_on_5002,
-            timezone=self.resolved_timezone(),
-            logger=logger,
+            timezone=now.b1_timezone, logger=logger,
         )
 
     def probe_session(self) -> SapB1Session:
@@ -78,10 +81,10 @@ class SapB1Resource(dg.ConfigurableResource):
         evaluates sensors for weeks, and logging in on every tick would cost B1 two extra requests each
         time. Short timeout and no retries, so a tick never waits long on an unreachable B1."""
         options = self.model_copy(update={"max_retries": 0, "timeout_s": min(self.timeout_s, 5.0)})
-        key = (options.service_layer_url or setting("B1_SERVICE_LAYER_URL"), options.company_db
-               or setting("B1_COMPANY_DB"), options.username or setting("B1_USERNAME"),
-               hashlib.sha256((options.password or setting("B1_PASSWORD") or "").encode()).hexdigest(),
-               options.ca_bundle or setting("B1_CA_BUNDLE"), options.resolved_timezone())
+        now = options.settings()
+        password = now.b1_password.get_secret_value() if now.b1_password else ""
+        key = (now.b1_service_layer_url, now.b1_company_db, now.b1_username,
+               hashlib.sha256(password.encode()).hexdigest(), now.b1_ca_bundle, now.b1_timezone)
         with _probe_lock:
             session = _probe_sessions.get(key)
             if session is None:

@@ -1,4 +1,4 @@
-"""Cadence and windows: 15-minute windows in the company's time zone (the still-open window is a partition
+"""Cadence and windows: 15-minute windows in B1TWILIO_TIMEZONE (the still-open window is a partition
 too, `end_offset=1`, so a change is read the moment it is seen), B1 asked what changed every 30 seconds,
 open invoices and stock refreshed every 30 minutes; all configurable."""
 
@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from b1twilio_pipeline.core.settings import ConfigurationError, int_setting, setting
+from b1twilio_pipeline.core import settings
 
-WINDOW_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
-REFRESH_MINUTES = (5, 10, 15, 20, 30, 60, 120, 180, 240, 360, 480, 720, 1440)
 # When an overdue invoice becomes one more day overdue: reminders are evaluated once after midnight.
 CALENDAR_CRON = "5 0 * * *"
 
@@ -25,26 +23,17 @@ class PollingSettings:
     timezone: str
 
     @classmethod
-    def from_settings(cls, timezone: str) -> PollingSettings:
-        return cls(
-            window_minutes=int_setting("B1TWILIO_WINDOW_MINUTES", 15, allowed=WINDOW_MINUTES),
-            partitions_start=setting("B1TWILIO_PARTITIONS_START", "2026-11-01-00:00") or "2026-11-01-00:00",
-            refresh_minutes=int_setting("B1TWILIO_STATE_REFRESH_MINUTES", 30, allowed=REFRESH_MINUTES),
-            change_check_seconds=int_setting("B1TWILIO_CHANGE_CHECK_SECONDS", 30),
-            timezone=timezone,
-        )
+    def from_settings(cls) -> PollingSettings:
+        now = settings.current()
+        return cls(window_minutes=now.b1twilio_window_minutes, partitions_start=now.b1twilio_partitions_start,
+                   refresh_minutes=now.b1twilio_state_refresh_minutes,
+                   change_check_seconds=now.b1twilio_change_check_seconds, timezone=now.company_timezone)
 
     def partitions_def(self) -> dg.TimeWindowPartitionsDefinition:
         minutes = self.window_minutes
         cron = f"*/{minutes} * * * *" if minutes < 60 else "0 * * * *"
-        try:
-            return dg.TimeWindowPartitionsDefinition(
-                cron_schedule=cron, start=self.partitions_start, fmt="%Y-%m-%d-%H:%M",
-                timezone=self.timezone, end_offset=1,
-            )
-        except ValueError:
-            raise ConfigurationError(f"B1TWILIO_PARTITIONS_START={self.partitions_start!r} is not a window "
-                                     "start: use YYYY-MM-DD-HH:MM, e.g. 2026-11-01-00:00") from None
+        return dg.TimeWindowPartitionsDefinition(cron_schedule=cron, start=self.partitions_start,
+                                                 fmt="%Y-%m-%d-%H:%M", timezone=self.timezone, end_offset=1)
 
     @property
     def refresh_cron(self) -> str:

@@ -25,7 +25,7 @@ from alembic.script import ScriptDirectory
 from filelock import FileLock
 from sqlalchemy.engine import Connection, Engine
 
-from b1twilio_pipeline.core.settings import setting
+from b1twilio_pipeline.core.settings import current
 
 MIGRATIONS = Path(__file__).parents[1] / "migrations"
 VERSION_TABLE = "b1tw_schema_version"
@@ -42,7 +42,7 @@ def default_database_url() -> str:
 
 def database_url(url: str | None = None) -> str:
     """`url`, else B1TWILIO_DATABASE_URL (environment, then the secrets store), else the SQLite default."""
-    return url or setting("B1TWILIO_DATABASE_URL") or default_database_url()
+    return url or current().b1twilio_database_url or default_database_url()
 
 
 def engine_for(url: str | None = None) -> Engine:

@@ -12,8 +12,8 @@ A fresh random 96-bit nonce per write is safe: the file is rewritten a handful o
 File layout: `B1TWSEC1` (format magic, also the AAD) + 12-byte nonce + ciphertext of a JSON object
 `{"version": 1, "secrets": {NAME: value}}`.
 
-Names are the setting names the README lists (`KNOWN_NAMES`) plus `PHONE_<REF>` for recipients whose
-rules file entry says `phone_ref: <ref>` (see `b1twilio_pipeline.alerts.rules.phone_secret_name`).
+Names are those of `core.settings.Settings` plus `PHONE_<REF>` for recipients whose rules file entry says
+`phone_ref: <ref>`; `core.settings.check_storable` refuses anything else before it is written.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -35,7 +34,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from b1twilio_pipeline.core.errors import ConfigurationError
-from b1twilio_pipeline.core.phones import is_e164, mask_phone
 
 
 class SecretsStoreError(ConfigurationError):
@@ -47,49 +45,24 @@ __all__ = [
     "KEYRING_SERVICE",
     "KEYRING_USERNAME",
     "KEY_ENV",
-    "KNOWN_NAMES",
     "SecretsStore",
     "SecretsStoreError",
     "clear_cache",
     "configured_key",
     "default_path",
     "generate_key",
-    "is_phone_name",
     "keyring_key",
     "parse_key",
     "read_secret",
+    "read_secrets",
     "store_key_in_keyring",
     "store_path",
-    "validate_entry",
 ]
 
 FILE_ENV = "B1TWILIO_SECRETS_FILE"
 KEY_ENV = "B1TWILIO_SECRET_KEY"
 KEYRING_SERVICE = "b1twilio"
 KEYRING_USERNAME = "secret-key"
-KNOWN_NAMES = (
-    "B1_SERVICE_LAYER_URL",
-    "B1_COMPANY_DB",
-    "B1_USERNAME",
-    "B1_PASSWORD",
-    "B1_CA_BUNDLE",
-    "B1_TIMEZONE",
-    "TWILIO_ACCOUNT_SID",
-    "TWILIO_AUTH_TOKEN",
-    "TWILIO_API_KEY",
-    "TWILIO_API_SECRET",
-    "TWILIO_FROM_NUMBER",
-    "TWILIO_MESSAGING_SERVICE_SID",
-    "TWILIO_VOICE_FROM_NUMBER",
-    "TWILIO_REGION",
-    "TWILIO_EDGE",
-    "TWILIO_API_BASE_URL",
-    "TWILIO_STATUS_CALLBACK_URL",
-    "B1TWILIO_CONFIG",
-    "B1TWILIO_DATABASE_URL",
-)
-_PHONE_SETTINGS = ("TWILIO_FROM_NUMBER", "TWILIO_VOICE_FROM_NUMBER")
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 _MAGIC = b"B1TWSEC1"
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
@@ -181,30 +154,6 @@ def store_path() -> Path:
     """B1TWILIO_SECRETS_FILE, else the default path."""
     configured = os.environ.get(FILE_ENV, "").strip()
     return Path(configured).expanduser() if configured else default_path()
-
-
-def is_phone_name(name: str) -> bool:
-    """Whether the value is a phone number (masked with mask_phone, checked as E.164)."""
-    return name.startswith("PHONE_") or name in _PHONE_SETTINGS
-
-
-def validate_entry(name: str, value: str, *, allow_unknown: bool = False) -> None:
-    """Refuse names nothing reads (a typo would silently leave a setting unset) and malformed numbers."""
-    if name == KEY_ENV:
-        raise SecretsStoreError(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")
-    if not _NAME.match(name):
-        raise SecretsStoreError(f"'{name}' is not a setting name: use A-Z, 0-9 and _ like B1_PASSWORD")
-    if not (allow_unknown or name in KNOWN_NAMES or (name.startswith("PHONE_") and len(name) > 6)):
-        raise SecretsStoreError(
-            f"{name} is not a setting the pipeline reads (known: {', '.join(KNOWN_NAMES)}, PHONE_<REF>); "
-            "use --force to store it anyway"
-        )
-    if not value:
-        raise SecretsStoreError(f"the value for {name} is empty")
-    if is_phone_name(name) and not is_e164(value):
-        raise SecretsStoreError(
-            f"{name}: '{mask_phone(value)}' is not an E.164 number ('+', country code and number, no spaces)"
-        )
 
 
 # --- the store ---------------------------------------------------------------------------------------------
@@ -330,20 +279,25 @@ class SecretsStore:
             os.close(fd)
 
 
-def read_secret(name: str) -> str | None:
-    """Value of setting `name` from the encrypted store, or None when there is no store file or no such
-    name. A store file without a key to open it, a wrong key or a modified file raise SecretsStoreError
+def read_secrets() -> dict[str, str]:
+    """Everything in the encrypted store (decrypted once per file version), or {} when there is no store
+    file. A store file without a key to open it, a wrong key or a modified file raise SecretsStoreError
     (a ConfigurationError): silently skipping the store would run a service on defaults (another
     database, say) while the operator's settings sit unread."""
     path = store_path()
     if not path.is_file():
-        return None
+        return {}
     key = configured_key()
     if key is None:
         raise SecretsStoreError(
             f"{path} holds settings but no key opens it here: export {KEY_ENV} in this service's environment "
             f"(or keep the key in the OS keyring), or point {FILE_ENV} elsewhere")
-    return SecretsStore(path, key[0]).get(name)
+    return SecretsStore(path, key[0]).items()
+
+
+def read_secret(name: str) -> str | None:
+    """One value of the store (see `read_secrets`), or None when it is not there."""
+    return read_secrets().get(name)
 
 
 def clear_cache() -> None:

@@ -14,9 +14,9 @@ import dagster as dg
 
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import RulesConfig
+from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
-from b1twilio_pipeline.core.settings import int_setting
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger, Notification
@@ -45,7 +45,7 @@ def _poll(twilio: TwilioResource, deliveries: DeliveryLog, log: Any) -> int:
     """Ask Twilio for what is due for a poll, least recently polled first; stop waiting for receipts
     older than B1TWILIO_RECEIPT_MAX_HOURS (their last status, e.g. `sent`, stands)."""
     now = utcnow()
-    expired = deliveries.expire_unconfirmed(now, timedelta(hours=int_setting("B1TWILIO_RECEIPT_MAX_HOURS", 72)))
+    expired = deliveries.expire_unconfirmed(now, timedelta(hours=settings.current().b1twilio_receipt_max_hours))
     if expired:
         log.info(f"{expired} message(s)/call(s) without a final status after the receipt window: final now")
     changed = 0

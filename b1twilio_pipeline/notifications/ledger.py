@@ -30,8 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
-from b1twilio_pipeline.core.settings import int_setting
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 from b1twilio_pipeline.notifications.delivery_log import advance, delivery_event
 
@@ -51,11 +51,10 @@ class RedrivePolicy:
 
     @classmethod
     def from_settings(cls) -> RedrivePolicy:
-        return cls(
-            max_attempts=int_setting("B1TWILIO_SEND_MAX_ATTEMPTS", 8),
-            first_retry=timedelta(seconds=int_setting("B1TWILIO_SEND_RETRY_SECONDS", 30)),
-            lease=timedelta(seconds=int_setting("B1TWILIO_SEND_LEASE_SECONDS", 600)),
-        )
+        now = settings.current()
+        return cls(max_attempts=now.b1twilio_send_max_attempts,
+                   first_retry=timedelta(seconds=now.b1twilio_send_retry_seconds),
+                   lease=timedelta(seconds=now.b1twilio_send_lease_seconds))
 
     def retry_delay(self, failures: int) -> timedelta:
         """Exponential: first_retry, twice that, ... capped at max_retry."""

@@ -40,7 +40,7 @@ from twilio.request_validator import (
 )
 
 from b1twilio_pipeline.core.phones import mask_phone
-from b1twilio_pipeline.core.settings import ConfigurationError, require_setting, setting
+from b1twilio_pipeline.core.settings import ConfigurationError, current
 from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        auth_token = require_setting("TWILIO_AUTH_TOKEN", "checks the signature of Twilio status callbacks")
+        configured = current()
+        auth_token = configured.require("twilio_auth_token", "checks the signature of Twilio status callbacks")
         sock = _bound_socket(args.host, args.port)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     url = _base_url(args.host, sock)
-    public_url = args.public_url or setting("TWILIO_STATUS_CALLBACK_URL") or url + STATUS_PATH
+    public_url = args.public_url or configured.twilio_status_callback_url or url + STATUS_PATH
     try:
         app = create_app(auth_token=auth_token, public_url=public_url, sink=_sink_from_settings(),
                          on_change=dagster_reporter())

@@ -24,7 +24,7 @@ from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
 from b1twilio_pipeline.core.automation import KIND
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
-from b1twilio_pipeline.core.settings import ConfigurationError, setting
+from b1twilio_pipeline.core.settings import ConfigurationError, current
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
 from b1twilio_pipeline.notifications.twilio_api import AmbiguousDelivery, Outbound, SentNotification, TwilioSendError
@@ -38,7 +38,7 @@ BUSY_RETRY = timedelta(seconds=30)
 
 def admin_group() -> str:
     """The recipients group told about notifications that failed for good (B1TWILIO_ADMIN_GROUP)."""
-    return setting("B1TWILIO_ADMIN_GROUP", "admins") or "admins"
+    return current().b1twilio_admin_group
 
 
 def outgoing_text(n: Notification) -> str:

@@ -25,7 +25,7 @@ from datetime import datetime
 
 SMS = "sms"
 VOICE = "voice"
-CHANNELS = (SMS, VOICE)
+DELIVERY_CHANNELS = (SMS, VOICE)  # what Twilio delivers; a rule may also say sms_then_voice
 
 UNKNOWN_RANK = 90
 FINAL_RANK = 100
@@ -98,7 +98,7 @@ def _ranks(channel: str) -> dict[str, int]:
     try:
         return _RANKS[channel]
     except KeyError:
-        raise ValueError(f"unknown channel {channel!r}: expected one of {', '.join(CHANNELS)}") from None
+        raise ValueError(f"unknown channel {channel!r}: expected one of {', '.join(DELIVERY_CHANNELS)}") from None
 
 
 def rank(channel: str, status: str) -> int:

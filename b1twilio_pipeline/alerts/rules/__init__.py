@@ -2,7 +2,7 @@
 file loads (see `loading` for the one-line errors) and described in the UI."""
 
 from b1twilio_pipeline.alerts.quiet_hours import QuietHours
-from b1twilio_pipeline.alerts.rules.base import CHANNELS, Escalation, Rule
+from b1twilio_pipeline.alerts.rules.base import RULE_CHANNELS, Escalation, Rule
 from b1twilio_pipeline.alerts.rules.config import RulesConfig, RulesFile
 from b1twilio_pipeline.alerts.rules.kinds import KIND_BY_NAME, KINDS, RULE_KINDS
 from b1twilio_pipeline.alerts.rules.loading import (
@@ -17,7 +17,7 @@ from b1twilio_pipeline.alerts.rules.loading import (
 from b1twilio_pipeline.alerts.rules.recipients import Recipient, phone_secret_name
 
 __all__ = [
-    "CHANNELS", "KINDS", "KIND_BY_NAME", "RULE_KINDS", "Escalation", "QuietHours", "Recipient", "Rule",
+    "KINDS", "KIND_BY_NAME", "RULE_CHANNELS", "RULE_KINDS", "Escalation", "QuietHours", "Recipient", "Rule",
     "RulesConfig", "RulesConfigError", "RulesFile", "default_rules_path", "load_rules", "parse_rules",
     "phone_secret_name", "rules_path", "rules_schema", "rules_schema_text",
 ]

@@ -16,7 +16,7 @@ from b1twilio_pipeline.alerts.quiet_hours import QuietHours
 from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fail
 from b1twilio_pipeline.alerts.rules.templates import check_template, render
 
-CHANNELS = ("sms", "voice", "sms_then_voice")
+RULE_CHANNELS = ("sms", "voice", "sms_then_voice")
 # Fields of a marketing document (supplier and customer invoices, purchase orders) a template may use.
 DOCUMENT_FIELDS: dict[str, type] = {
     "DocEntry": int, "DocNum": int, "DocDate": str, "DocDueDate": str, "CardCode": str, "CardName": str,
@@ -25,7 +25,7 @@ DOCUMENT_FIELDS: dict[str, type] = {
 
 
 def _channel(value: Any) -> str:
-    if value not in CHANNELS:
+    if value not in RULE_CHANNELS:
         raise fail(f"'{value}' is not a channel: sms, voice or sms_then_voice")
     return str(value)
 

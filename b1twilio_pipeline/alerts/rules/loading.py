@@ -20,7 +20,7 @@ from b1twilio_pipeline.alerts.rules.fields import _RULE_ID
 from b1twilio_pipeline.alerts.rules.kinds import KIND_BY_NAME, KINDS, RULE_KINDS
 from b1twilio_pipeline.alerts.rules.recipients import Recipient
 from b1twilio_pipeline.core.errors import ConfigurationError
-from b1twilio_pipeline.core.settings import setting
+from b1twilio_pipeline.core.settings import current
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "rules.schema.json"
 _UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")  # models say the first, dataclasses the second
@@ -43,7 +43,7 @@ def default_rules_path() -> Path:
 
 def rules_path() -> Path:
     """`B1TWILIO_CONFIG` if set (environment or secrets store), else the shipped default file."""
-    configured = setting("B1TWILIO_CONFIG")
+    configured = current().b1twilio_config
     return Path(configured).expanduser() if configured else default_rules_path()
 
 

@@ -13,7 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 from b1twilio_pipeline.alerts.rules.fields import Name, Phone, PhoneRef, TimeZoneName, fail
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.phones import is_e164, mask_phone
-from b1twilio_pipeline.core.settings import setting
+from b1twilio_pipeline.core.settings import named_value
 
 
 def phone_secret_name(phone_ref: str) -> str:
@@ -84,7 +84,7 @@ class Recipient(BaseModel):
         if self.phone:
             return self.phone
         name = self.secret_name or ""
-        value = setting(name)
+        value = named_value(name)
         if value is None:
             raise ConfigurationError(
                 f"recipient {self.name}: phone_ref '{self.phone_ref}' has no number: store it with "
