@@ -27,6 +27,7 @@ from b1twilio_pipeline.b1.state import STATE_GROUP
 from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core.automation import KIND, RUNNING
 from b1twilio_pipeline.core.database_resource import DatabaseResource
+from b1twilio_pipeline.housekeeping.definitions import housekeeping_definitions
 from b1twilio_pipeline.notifications import definitions as notifications
 from b1twilio_pipeline.notifications.plan import notification_plan
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
@@ -83,7 +84,7 @@ def build_definitions(rules_path: str | None = None,
         },
     )
     return dg.Definitions.merge(b1_definitions(polling, partitions_def, specs, watched, follow), alerts,
-                                notifications.defs, reporting, glue)
+                                notifications.defs, reporting, housekeeping_definitions(polling.timezone), glue)
 
 
 defs = build_definitions()

@@ -50,6 +50,15 @@ run_coordinator:
 sensors:
   use_threads: true
   num_workers: 4
+# Tick history is bounded: sensors tick every 30 s (2,880 ticks a day each), almost all of them skipped.
+retention:
+  schedule:
+    purge_after_days: 30
+  sensor:
+    purge_after_days:
+      skipped: 1
+      failure: 30
+      success: 30
 """
 
 WORKSPACE_YAML = """\

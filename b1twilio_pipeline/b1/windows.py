@@ -10,9 +10,6 @@ import dagster as dg
 
 from b1twilio_pipeline.core import settings
 
-# When an overdue invoice becomes one more day overdue: reminders are evaluated once after midnight.
-CALENDAR_CRON = "5 0 * * *"
-
 
 @dataclass(frozen=True)
 class PollingSettings:

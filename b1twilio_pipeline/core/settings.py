@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     b1twilio_send_lease_seconds: Count = 600
     b1twilio_receipt_max_hours: Count = 72
     b1twilio_admin_group: str = "admins"
+    b1twilio_retention_days: Count = 14
+    b1twilio_notification_retention_days: Count = 400
 
     @property
     def company_timezone(self) -> str:

@@ -1,0 +1,1 @@
+"""Housekeeping: keeping Dagster's own history bounded."""
