@@ -1,6 +1,7 @@
 """The layout shows the architecture: stages import along the flow only (core <- b1 <- alerts <-
-notifications; reporting reads b1 and alerts; housekeeping only core), no import cycle, no simulator code in the product, small
-modules, and a snapshot of the asset graph so an accidental change to it shows up in review."""
+notifications; reporting reads b1 and alerts; housekeeping only core), no import cycle, no simulator code
+in the product, small modules, and a snapshot of the asset graph so an accidental change to it shows up
+in review."""
 
 from __future__ import annotations
 

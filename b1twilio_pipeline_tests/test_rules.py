@@ -154,13 +154,38 @@ def test_recipients_expand_groups_and_people_deduplicated_in_order(tmp_path: Pat
 def test_describe_masks_phones(tmp_path: Path) -> None:
     config = load_rules(write(tmp_path, BASE + GOOD_RULES))
     table = config.describe()
-    assert "| overdue-30 | payment_overdue | yes | voice call |" in table
+    assert "| overdue-30 | payment_overdue | yes | when a customer invoice is 30+ days past due" in table
     assert mask_phone("+4915112345678") in table and "[PHONE_SAM]" in table
     assert "+4915112345678" not in table
     line = config.describe_rule(config.rule("reorder-north"))
-    assert "\n" not in line and "warehouses 01" in line and "urgent" in line
+    assert "\n" not in line and "warehouse 01" in line and "urgent" in line
     assert "+4915187654321" not in line and mask_phone("+4915187654321") in line
     assert "(disabled)" in config.describe_rule(config.rule("po"))
+
+
+def test_descriptions_name_the_people_then_how_they_are_told(tmp_path: Path) -> None:
+    """"-> Max by SMS, then a voice call if the SMS fails", never "-> SMS, then ... fails to Max"."""
+    config = load_rules(write(tmp_path, BASE + GOOD_RULES))
+    dana, max_, lee = (mask_phone(n) for n in ("+4915112345678", "+4915112345679", "+4915187654321"))
+    described = {rule.id: config.describe_rule(rule) for rule in config.rules}
+    assert described["ap-new"] == f"ap-new: when a supplier invoice arrives -> Dana {dana} and Max {max_} by SMS"
+    assert described["po"] == (f"po (disabled): when a purchase order is created or changed -> Max {max_} by SMS, "
+                               "then a voice call if the SMS fails")
+    assert described["overdue-30"].startswith(
+        "overdue-30: when a customer invoice is 30+ days past due, again every 7 days while overdue -> "
+        f"Sam [PHONE_SAM] by voice call; if that fails, the next in line: Dana {dana}, Max {max_}, Lee {lee}; "
+        "quiet hours 20:00-07:00")
+    assert described["reorder-north"].startswith(
+        "reorder-north: when an item's stock in warehouse 01 falls below the reorder point (MinimalStock), again "
+        f"only after it recovered -> Lee {lee} by voice call; quiet hours")
+    for line in described.values():  # the channel phrase never runs into the people
+        assert " fails to " not in line and " to Sam" not in line and "\n" not in line
+    table = config.describe().splitlines()
+    assert table[2].startswith("| rule | kind | enabled | when | channel | recipients |")
+    po_row = next(row for row in table if row.startswith("| po |"))
+    assert f"| SMS, then a voice call if the SMS fails | Max {max_} |" in po_row
+    overdue_row = next(row for row in table if row.startswith("| overdue-30 |"))
+    assert "| voice call | one at a time, the next if delivery fails: Sam [PHONE_SAM], " in overdue_row
 
 
 def test_phone_ref_resolved_at_send_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -471,6 +496,75 @@ ERROR_CASES = [
           recipients: [ap_team]
         """),
         ["rule 'ap-new'", "field 'timezone'", "Europe/Berlim"],
+    ),
+    (
+        "kind missing",
+        rule_text("""\
+        - id: ap-new
+          recipients: [ap_team]
+        """),
+        ["rule 'ap-new'", "field 'kind': is required (kinds: purchase_invoice_received"],
+    ),
+    (
+        "line break in a quoted value stays visible, on one line",
+        rule_text("""\
+        - id: ap-new
+          kind: "purchase_invoice\\nreceived"
+          recipients: [ap_team]
+        """),
+        ["rule 'ap-new'", "field 'kind'", "'purchase_invoice\\nreceived' is not a rule kind"],
+    ),
+    (
+        "line break in an unknown key",
+        rule_text("""\
+        - id: ap-new
+          kind: purchase_invoice_received
+          "min\\namount": 5
+          recipients: [ap_team]
+        """),
+        ["rule 'ap-new'", "field 'min\\namount'", "unknown key"],
+    ),
+    (
+        "line break in a time",
+        rule_text("""\
+        - id: overdue-30
+          kind: payment_overdue
+          days_overdue: 30
+          recipients: [credit_control]
+          quiet_hours: {start: "20:\\n00", end: "07:00"}
+        """),
+        ["field 'quiet_hours.start'", "'20:\\n00' must be a time"],
+    ),
+    (
+        "key given twice",
+        rule_text("""\
+        - id: ap-new
+          kind: purchase_invoice_received
+          recipients: [ap_team]
+          template: "Invoice {DocNum}"
+          template: "Invoice {DocNum} from {CardName}"
+        """),
+        ["line 16, column 5", "key 'template' is given twice"],
+    ),
+    (
+        "recipient group given twice",
+        BASE.replace("rules:\n", "  ap_team:\n    - {name: Robin, phone: \"+4915112345670\"}\nrules:\n  []\n"),
+        ["key 'ap_team' is given twice"],
+    ),
+    (
+        "nested thousands of levels deep",
+        BASE + "  - " + "[" * 3000 + "]" * 3000 + "\n",
+        ["nested too deeply"],
+    ),
+    (
+        "person name on two lines",
+        BASE.replace("{name: Max,", "{name: \"Max\\nMustermann\",", 1) + "  []\n",
+        ["person 'Max\\nMustermann': field 'name'", "one line of text"],
+    ),
+    (
+        "group name that is a number",
+        BASE.replace("warehouse_north:", "42:", 1) + "  []\n",
+        ["recipient group '42'", "not a group name"],
     ),
     (
         "unknown top-level key",

@@ -34,13 +34,14 @@ def masked_phone_of(recipient: Recipient) -> str:
 def plan_for(rule: Rule, recipients: Sequence[Recipient], alert_id: str, document: str,
              fields: dict[str, Any], channel: str, now: datetime,
              escalation_of: str | None = None) -> list[PlannedNotification]:
-    """One ledger row per recipient, held until quiet hours end unless the rule may ring now."""
-    body = rule.render(fields)
+    """One ledger row per recipient, its text in the recipient's locale, held until quiet hours end unless
+    the rule may ring now."""
     return [
         PlannedNotification(
             notification_id=bounded_id(alert_id, person.key, channel),
             alert_id=alert_id, rule_id=rule.id, document=document, recipient=person.key,
-            recipient_name=person.name, recipient_masked=masked_phone_of(person), channel=channel, body=body,
+            recipient_name=person.name, recipient_masked=masked_phone_of(person), channel=channel,
+            body=rule.render(fields, person.locale),
             not_before=rule.hold_until(now, person.tz, channel) or now, escalation_of=escalation_of,
         )
         for person in recipients

@@ -17,11 +17,15 @@ from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fa
 from b1twilio_pipeline.alerts.rules.templates import check_template, render
 
 RULE_CHANNELS = ("sms", "voice", "sms_then_voice")
-# Fields of a marketing document (supplier and customer invoices, purchase orders) a template may use.
+# Fields of a marketing document (supplier and customer invoices, purchase orders) as B1 names them: what
+# the evaluators read and pass on.
 DOCUMENT_FIELDS: dict[str, type] = {
     "DocEntry": int, "DocNum": int, "DocDate": str, "DocDueDate": str, "CardCode": str, "CardName": str,
     "NumAtCard": str, "DocTotal": float, "DocCurrency": str, "PaidToDate": float, "Comments": str,
 }
+# What a template of a document kind may use: those, and the amounts with their currency as the recipient's
+# locale writes them (`templates.AMOUNT_TEXTS`), computed when the message is rendered.
+DOCUMENT_TEMPLATE_FIELDS: dict[str, type] = {**DOCUMENT_FIELDS, "DocTotalText": str, "PaidToDateText": str}
 
 
 def _channel(value: Any) -> str:
@@ -105,10 +109,11 @@ class Rule(BaseModel):
     def fields(self) -> Mapping[str, type]:
         return self.TEMPLATE_FIELDS
 
-    def render(self, fields: Mapping[str, Any]) -> str:
-        """The message text. Missing or None fields render empty rather than losing the alert."""
+    def render(self, fields: Mapping[str, Any], locale: str | None = None) -> str:
+        """The message text for a reader of `locale` (the recipient's; default en-US): amount fields such
+        as {DocTotalText} follow it. Missing or None fields render empty rather than losing the alert."""
         try:
-            return render(self.template, self.TEMPLATE_FIELDS, fields)
+            return render(self.template, self.TEMPLATE_FIELDS, fields, locale)
         except ValueError as exc:
             raise ValueError(f"rule '{self.id}': {exc}") from None
 
@@ -142,18 +147,28 @@ class Rule(BaseModel):
         return "SMS" if self.channel == "sms" else "voice call"
 
     def describe(self, people: Sequence[str] | None = None) -> str:
-        """One line: what this rule would do (phones masked)."""
-        who = ", ".join(people if people is not None else self.recipients)
-        if self.escalation.next_recipient:
-            who = f"{who} (one at a time, next on failure)"
+        """One line: what this rule would do (phones masked), e.g. "overdue-30: when ... -> Sam by voice
+        call; if that fails, the next in line: Jo; quiet hours ..."."""
+        people = list(people if people is not None else self.recipients)
         state = "" if self.enabled else " (disabled)"
-        text = f"{self.id}{state}: {self.trigger()} -> {self.channel_text()} to {who}"
+        if self.escalation.next_recipient and len(people) > 1:
+            who = f"{people[0]} by {self.channel_text()}; if that fails, the next in line: {', '.join(people[1:])}"
+        else:
+            who = f"{_and(people)} by {self.channel_text()}"
+        text = f"{self.id}{state}: {self.trigger()} -> {who}"
         if self.quiet_hours is not None:
             text += f"; quiet hours {self.quiet_hours} ({self.timezone} unless the recipient has a zone)"
             text += ": SMS held" + (", calls ring anyway (urgent)" if self.urgent else ", calls deferred")
         elif self.urgent:
             text += "; urgent"
         return text
+
+
+def _and(names: Sequence[str]) -> str:
+    """"Dana", "Dana and Max", "Dana, Max and Lee"."""
+    if len(names) < 2:
+        return names[0] if names else "nobody"
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def amount_text(minimum: float | None) -> str:

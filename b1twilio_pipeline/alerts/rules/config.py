@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from b1twilio_pipeline.alerts.rules.base import Rule
-from b1twilio_pipeline.alerts.rules.fields import TimeZoneName
+from b1twilio_pipeline.alerts.rules.fields import GroupName, LocaleName, TimeZoneName
 from b1twilio_pipeline.alerts.rules.kinds import KINDS, RULE_KINDS
+from b1twilio_pipeline.alerts.rules.money import DEFAULT_LOCALE
 from b1twilio_pipeline.alerts.rules.recipients import Recipient
 
 # Built from RULE_KINDS, so a new kind is in the file format (and its JSON Schema) once it is listed there.
@@ -27,19 +28,26 @@ class RulesFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="b1twilio rules and recipients")
 
     timezone: TimeZoneName = Field(description="company time zone: due dates, quiet hours, reminders")
-    recipients: dict[str, Annotated[list[Recipient], Field(min_length=1)]] = Field(
+    locale: LocaleName = Field(
+        default=DEFAULT_LOCALE,
+        description=f"company locale (default {DEFAULT_LOCALE}): how amounts read in messages, e.g. {{DocTotalText}} "
+                    "is $1,200.00 in en-US and 1.200,00 € in de-DE (number format and where the currency goes); "
+                    "a recipient's own locale overrides it")
+    recipients: dict[GroupName, Annotated[list[Recipient], Field(min_length=1)]] = Field(
         description="groups of people; a phone is inline (development) or a reference into the secrets store")
     rules: list[AnyRule]
 
 
 @dataclass(frozen=True)
 class RulesConfig:
-    """The loaded file: company time zone, recipient groups and rules (each rule's time zone filled in)."""
+    """The loaded file: company time zone and locale, recipient groups (each person's locale filled in)
+    and rules (each rule's time zone filled in)."""
 
     timezone: str
     recipients: dict[str, list[Recipient]]
     rules: list[Rule]
     source: Path
+    locale: str = DEFAULT_LOCALE
 
     @property
     def tz(self) -> ZoneInfo:
@@ -91,22 +99,30 @@ class RulesConfig:
         return chain[position + 1] if position + 1 < len(chain) else None
 
     def describe_rule(self, rule: Rule) -> str:
-        return rule.describe([person.label() for person in self.recipients_for(rule)])
+        return rule.describe([self._label(person) for person in self.recipients_for(rule)])
 
     def describe(self) -> str:
         """Markdown table of the rules for Dagster UI metadata (phones masked)."""
-        lines = [f"Rules from `{self.source.name}` (time zone {self.timezone})", "",
-                 "| rule | kind | enabled | channel | recipients | parameters | quiet hours | template |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [f"Rules from `{self.source.name}` (time zone {self.timezone}, locale {self.locale})", "",
+                 "| rule | kind | enabled | when | channel | recipients | parameters | quiet hours | template |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for rule in self.rules:
             quiet = f"{rule.quiet_hours} {rule.timezone}" if rule.quiet_hours else ""
             if rule.urgent:
                 quiet = (quiet + " (urgent)").strip()
             parameters = "; ".join(f"{k}={v}" for k, v in rule.parameters().items() if v is not None)
-            cells = [rule.id, rule.kind, "yes" if rule.enabled else "no", rule.channel_text(),
-                     ", ".join(p.label() for p in self.recipients_for(rule)), parameters, quiet, rule.template]
-            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+            people = ", ".join(self._label(p) for p in self.recipients_for(rule))
+            if rule.escalation.next_recipient:
+                people = f"one at a time, the next if delivery fails: {people}"
+            cells = [rule.id, rule.kind, "yes" if rule.enabled else "no", rule.trigger(), rule.channel_text(),
+                     people, parameters, quiet, rule.template]
+            lines.append("| " + " | ".join(" ".join(c.replace("|", "\\|").split()) for c in cells) + " |")
         return "\n".join(lines)
+
+    def _label(self, person: Recipient) -> str:
+        """Name and masked phone, and the person's locale where it is not the company's."""
+        own = f" ({person.locale})" if person.locale and person.locale != self.locale else ""
+        return person.label() + own
 
     def _expand(self, name: str) -> list[Recipient]:
         if name in self.recipients:

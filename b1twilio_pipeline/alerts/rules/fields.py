@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from b1twilio_pipeline.alerts.rules.money import DEFAULT_LOCALE, canonical_locale
 from b1twilio_pipeline.core.phones import E164_PATTERN, is_e164, mask_phone
 
 MAX_AMOUNT = 1e12  # far above any real threshold, far below where float arithmetic stops being exact
@@ -115,7 +116,22 @@ def _name(value: Any) -> str:
         raise fail("is required (non-empty text)")
     if len(value) > MAX_NAME:
         raise fail(f"is longer than {MAX_NAME} characters")
+    if not value.isprintable():
+        raise fail(f"{value!r} must be one line of text (no line breaks or control characters)")
     return value
+
+
+def _group_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise fail(f"{value!r} is not a group name: use one line of text such as credit_control")
+    return value
+
+
+def _locale(value: Any) -> str:
+    known = canonical_locale(value) if isinstance(value, str) and value.strip() else None
+    if known is None:
+        raise fail(f"unknown locale '{value}': use a language and region such as {DEFAULT_LOCALE}, de-DE or en-GB")
+    return known
 
 
 RuleId = Annotated[str, BeforeValidator(_rule_id), WithJsonSchema({"type": "string", "pattern": _RULE_ID.pattern})]
@@ -133,5 +149,9 @@ Phone = Annotated[str, BeforeValidator(_phone), WithJsonSchema({"type": "string"
 PhoneRef = Annotated[str, BeforeValidator(_phone_ref),
                      WithJsonSchema({"type": "string", "pattern": _PHONE_REF.pattern})]
 Name = Annotated[str, BeforeValidator(_name), WithJsonSchema({"type": "string", "maxLength": MAX_NAME})]
+GroupName = Annotated[str, BeforeValidator(_group_name), WithJsonSchema({"type": "string", "minLength": 1})]
+LocaleName = Annotated[str, BeforeValidator(_locale), WithJsonSchema(
+    {"type": "string", "examples": [DEFAULT_LOCALE, "en-GB", "de-DE", "fr-FR"],
+     "description": "language and region (BCP 47, e.g. en-US or de-DE): how amounts read in messages"})]
 Clock = Annotated[time, BeforeValidator(clock),
                   WithJsonSchema({"type": "string", "pattern": _HHMM.pattern, "description": "quoted \"HH:MM\""})]

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from b1twilio_pipeline.alerts.rules.base import DOCUMENT_FIELDS, Channel, Rule, amount_text
+from b1twilio_pipeline.alerts.rules.base import DOCUMENT_FIELDS, DOCUMENT_TEMPLATE_FIELDS, Channel, Rule, amount_text
 from b1twilio_pipeline.alerts.rules.fields import Amount, Days, ItemCodes, WarehouseCodes
 
 # What the evaluators read of a document besides its template fields (state, cancellation, creation).
@@ -36,7 +36,7 @@ class AmountRule(Rule):
 class PurchaseInvoiceReceived(AmountRule):
     """A new supplier invoice (not cancelled), once per DocNum and document date."""
 
-    TEMPLATE_FIELDS: ClassVar = DOCUMENT_FIELDS
+    TEMPLATE_FIELDS: ClassVar = DOCUMENT_TEMPLATE_FIELDS
     READS: ClassVar = {"PurchaseInvoices": DOCUMENT_READS}
     INPUTS: ClassVar = ("purchase_invoices",)
     WATCHES: ClassVar = ("purchase_invoices",)
@@ -45,13 +45,13 @@ class PurchaseInvoiceReceived(AmountRule):
     ASSET: ClassVar = "purchase_invoice_alerts"
 
     kind: Literal["purchase_invoice_received"] = "purchase_invoice_received"
-    template: str = "New supplier invoice {DocNum} from {CardName}: {DocTotal:,.2f} {DocCurrency}, due {DocDueDate}"
+    template: str = "New supplier invoice {DocNum} from {CardName}: {DocTotalText}, due {DocDueDate}"
 
 
 class SalesInvoiceCreated(AmountRule):
     """A new customer invoice, once per DocNum and document date."""
 
-    TEMPLATE_FIELDS: ClassVar = DOCUMENT_FIELDS
+    TEMPLATE_FIELDS: ClassVar = DOCUMENT_TEMPLATE_FIELDS
     READS: ClassVar = {"Invoices": DOCUMENT_READS}
     INPUTS: ClassVar = ("sales_invoices",)
     WATCHES: ClassVar = ("sales_invoices",)
@@ -60,7 +60,7 @@ class SalesInvoiceCreated(AmountRule):
     ASSET: ClassVar = "sales_invoice_alerts"
 
     kind: Literal["sales_invoice_created"] = "sales_invoice_created"
-    template: str = "Sales invoice {DocNum} created for {CardName}: {DocTotal:,.2f} {DocCurrency}"
+    template: str = "Sales invoice {DocNum} created for {CardName}: {DocTotalText}"
 
 
 class PaymentOverdue(Rule):
@@ -68,7 +68,8 @@ class PaymentOverdue(Rule):
     `renotify_every_days` while it stays overdue. A state: evaluated over every open invoice, and again
     after midnight (an invoice becomes overdue with no change in B1)."""
 
-    TEMPLATE_FIELDS: ClassVar = {**DOCUMENT_FIELDS, "days_overdue": int, "open_amount": float}
+    TEMPLATE_FIELDS: ClassVar = {**DOCUMENT_TEMPLATE_FIELDS, "days_overdue": int, "open_amount": float,
+                                 "open_amount_text": str}
     READS: ClassVar = {"Invoices": DOCUMENT_READS}
     INPUTS: ClassVar = ("sales_invoices", "open_invoices_state")
     WATCHES: ClassVar = ()
@@ -77,8 +78,8 @@ class PaymentOverdue(Rule):
 
     kind: Literal["payment_overdue"] = "payment_overdue"
     channel: Channel = "voice"
-    template: str = ("{CardName} is {days_overdue} days overdue on invoice {DocNum}: {open_amount:,.2f} {DocCurrency} "
-                     "open, due {DocDueDate}.")
+    template: str = ("{CardName} is {days_overdue} days overdue on invoice {DocNum}: {open_amount_text} open, due "
+                     "{DocDueDate}.")
     days_overdue: Days = Field(description="alert when an invoice is this many days past its due date")
     renotify_every_days: Days | None = None
     min_amount: Amount | None = None
@@ -98,7 +99,7 @@ class PaymentReceived(AmountRule):
     """A new customer payment (cash, transfer, cheques and cards), naming the invoices it settles."""
 
     TEMPLATE_FIELDS: ClassVar = {"DocEntry": int, "DocNum": int, "DocDate": str, "CardCode": str, "CardName": str,
-                                 "DocCurrency": str, "amount": float, "invoices": str}
+                                 "DocCurrency": str, "amount": float, "amount_text": str, "invoices": str}
     READS: ClassVar = {
         "IncomingPayments": ("DocEntry", "DocNum", "DocType", "DocDate", "CardCode", "CardName", "DocCurrency",
                              "CashSum", "TransferSum", "PaymentChecks", "PaymentCreditCards", "PaymentInvoices",
@@ -112,13 +113,13 @@ class PaymentReceived(AmountRule):
     ASSET: ClassVar = "payment_received_alerts"
 
     kind: Literal["payment_received"] = "payment_received"
-    template: str = "Payment {DocNum} received from {CardName}: {amount:,.2f} {DocCurrency} for {invoices}"
+    template: str = "Payment {DocNum} received from {CardName}: {amount_text} for {invoices}"
 
 
 class PurchaseOrderChanged(AmountRule):
     """A purchase order that is new, or whose total, due date, status, supplier or lines changed."""
 
-    TEMPLATE_FIELDS: ClassVar = {**DOCUMENT_FIELDS, "change": str}
+    TEMPLATE_FIELDS: ClassVar = {**DOCUMENT_TEMPLATE_FIELDS, "change": str}
     READS: ClassVar = {"PurchaseOrders": (*DOCUMENT_READS, "DocumentLines")}
     INPUTS: ClassVar = ("purchase_orders",)
     WATCHES: ClassVar = ("purchase_orders",)
@@ -127,7 +128,7 @@ class PurchaseOrderChanged(AmountRule):
     ASSET: ClassVar = "purchase_order_alerts"
 
     kind: Literal["purchase_order_changed"] = "purchase_order_changed"
-    template: str = "Purchase order {DocNum} for {CardName} ({DocTotal:,.2f} {DocCurrency}): {change}"
+    template: str = "Purchase order {DocNum} for {CardName} ({DocTotalText}): {change}"
 
 
 class StockBelowReorder(Rule):
@@ -150,13 +151,21 @@ class StockBelowReorder(Rule):
     items: ItemCodes | None = None
 
     def trigger(self) -> str:
-        where = f"warehouses {', '.join(self.warehouses)}" if self.warehouses else "any warehouse (MinInventory)"
-        items = f", items {', '.join(self.items)}" if self.items else ""
-        return f"when stock falls below the reorder point in {where}{items} (again only after recovery)"
+        what = f"the stock of {_counted('item', self.items)}" if self.items else "an item's stock"
+        if self.warehouses:
+            where, point = f" in {_counted('warehouse', self.warehouses)}", "MinimalStock"
+        else:
+            where, point = " (all warehouses together)", "MinInventory"
+        return f"when {what}{where} falls below the reorder point ({point}), again only after it recovered"
 
     def parameters(self) -> dict[str, object]:
         return {"warehouses": ", ".join(self.warehouses) if self.warehouses else None,
                 "items": ", ".join(self.items) if self.items else None, **super().parameters()}
+
+
+def _counted(noun: str, codes: tuple[str, ...]) -> str:
+    """"warehouse 01", "warehouses 01, 02"."""
+    return f"{noun}{'s' if len(codes) > 1 else ''} {', '.join(codes)}"
 
 
 RULE_KINDS: tuple[type[Rule], ...] = (PurchaseInvoiceReceived, SalesInvoiceCreated, PaymentOverdue,

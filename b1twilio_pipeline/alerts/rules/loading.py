@@ -33,11 +33,38 @@ _SHAPES = {
 
 
 class RulesConfigError(ConfigurationError):
-    """The rules file is invalid; the message is one line naming file, rule or group, and field."""
+    """The rules file is invalid; the message is one line naming file, rule or group, and field. A value
+    quoted from the file keeps its line breaks and control characters visible as escapes (`\\n`), so the
+    message stays one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping: PyYAML would keep the last one silently,
+    so a second `template:` or a second group of the same name would replace the first unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping says so
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in the same mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 def default_rules_path() -> Path:
-    """The rules file shipped with the package (demo recipients, every kind)."""
+    """The rules file shipped with the package, used when B1TWILIO_CONFIG is unset: every kind, fictional
+    numbers."""
     return Path(__file__).resolve().parents[1] / "default_rules.yaml"
 
 
@@ -69,13 +96,16 @@ def load_rules(path: str | Path | None = None) -> RulesConfig:
     except UnicodeDecodeError:
         raise RulesConfigError(f"{label}: rules file is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+        return parse_rules(data, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise RulesConfigError(f"{label}: {where}YAML syntax error: {problem}") from None
-    return parse_rules(data, source)
+    except RecursionError:
+        raise RulesConfigError(f"{label}: nested too deeply to be a rules file (lists or mappings inside each "
+                               "other thousands of levels deep)") from None
 
 
 def parse_rules(data: Any, source: str | Path = "<rules>") -> RulesConfig:
@@ -93,11 +123,13 @@ def parse_rules(data: Any, source: str | Path = "<rules>") -> RulesConfig:
         where, field, message = _explain(first, data)
         raise RulesConfigError(": ".join([label, *filter(None, [where, field and f"field '{field}'"]), message])) \
             from None
-    groups = {name: [person.model_copy(update={"group": name}) for person in people]
+    groups = {name: [person.model_copy(update={"group": name, "locale": person.locale or parsed.locale})
+                     for person in people]
               for name, people in parsed.recipients.items()}
     _check_across(parsed, groups, label)
     rules = [rule if rule.timezone else rule.model_copy(update={"timezone": parsed.timezone}) for rule in parsed.rules]
-    return RulesConfig(timezone=parsed.timezone, recipients=groups, rules=rules, source=Path(source))
+    return RulesConfig(timezone=parsed.timezone, recipients=groups, rules=rules, source=Path(source),
+                       locale=parsed.locale)
 
 
 def _check_across(parsed: RulesFile, groups: dict[str, list[Recipient]], label: str) -> None:
@@ -146,9 +178,13 @@ def _explain(error: ErrorDetails, data: dict[str, Any]) -> tuple[str | None, str
             model, rest = KIND_BY_NAME[str(rest[0])], rest[1:]
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             given = raw.get("kind") if isinstance(raw, dict) else None
+            if given is None:
+                return where, "kind", f"is required (kinds: {', '.join(KINDS)})"
             return where, "kind", f"'{given}' is not a rule kind (kinds: {', '.join(KINDS)})"
         if error["type"] == "model_attributes_type":
             return where, None, "must be a mapping starting with id and kind"
+    if rest == ["[key]"]:
+        rest = []  # the group's name itself
     if rest[:1] in (["escalation"], ["quiet_hours"]) and len(rest) == 2:
         model = Escalation if rest[0] == "escalation" else model
     field = ".".join(str(part) for part in rest) or None

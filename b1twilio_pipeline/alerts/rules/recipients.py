@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from b1twilio_pipeline.alerts.rules.fields import Name, Phone, PhoneRef, TimeZoneName, fail
+from b1twilio_pipeline.alerts.rules.fields import LocaleName, Name, Phone, PhoneRef, TimeZoneName, fail
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.phones import is_e164, mask_phone
 from b1twilio_pipeline.core.settings import named_value
@@ -23,7 +23,8 @@ def phone_secret_name(phone_ref: str) -> str:
 
 class Recipient(BaseModel):
     """Exactly one of `phone` (inline) and `phone_ref` (secrets store) is set; `group` is the recipients
-    group the person is listed under (set when the file loads, never written in it)."""
+    group the person is listed under (set when the file loads, never written in it). `locale` is the
+    person's own, else filled in with the company's when the file loads."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,6 +32,9 @@ class Recipient(BaseModel):
     phone_ref: PhoneRef | None = None
     phone: Phone | None = Field(default=None, validate_default=True)  # checked last: exactly one of the two
     timezone: TimeZoneName | None = Field(default=None, description="quiet hours in this zone, not the rule's")
+    locale: LocaleName | None = Field(
+        default=None, description="amounts in this person's messages read as in this locale (e.g. de-DE: "
+                                  "1.200,00 €), not the company's (the top-level locale)")
     group: SkipJsonSchema[str | None] = None
 
     @model_validator(mode="before")

@@ -1,6 +1,10 @@
 """Message templates: Python format strings over the fields a rule kind provides, checked when the rules
 file loads (every field known, every format fitting its field's type, no width that would exhaust memory)
-and rendered tolerantly (a field B1 left empty renders empty rather than losing the alert)."""
+and rendered tolerantly (a field B1 left empty renders empty rather than losing the alert).
+
+Amount fields come twice: as the number B1 gave (`{DocTotal:,.2f}`, formatted as written) and as text in
+the reader's locale with the document's currency (`{DocTotalText}`: "$1,200.00" in en-US, "1.200,00 €" in
+de-DE), computed when the message is rendered for a recipient (see `money`)."""
 
 from __future__ import annotations
 
@@ -11,8 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from b1twilio_pipeline.alerts.rules.fields import fail
+from b1twilio_pipeline.alerts.rules.money import format_amount
 
 MAX_FORMAT_WIDTH = 200
+# Text field -> the amount it writes out, in the currency of field CURRENCY, for the recipient's locale. A
+# kind offers one by listing it in its TEMPLATE_FIELDS (as str) next to the amount and the currency.
+AMOUNT_TEXTS = {"DocTotalText": "DocTotal", "PaidToDateText": "PaidToDate", "open_amount_text": "open_amount",
+                "amount_text": "amount"}
+CURRENCY = "DocCurrency"
 # What the pipeline passes for a field of each type; used to try a template at load time.
 SAMPLE_VALUES: dict[str, Any] = {
     "DocEntry": 4711, "DocNum": 1001, "DocDate": "2026-11-24", "DocDueDate": "2026-12-24", "CardCode": "V10000",
@@ -20,6 +30,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "PaidToDate": 0.0, "Comments": "", "days_overdue": 31, "open_amount": 1234.5,
     "change": "DocTotal 100.00 -> 120.00", "amount": 500.0, "invoices": "1001, 1002", "ItemCode": "A00001",
     "ItemName": "Printer paper A4", "WarehouseCode": "01", "InStock": 3.0, "MinimalStock": 10.0,
+    "DocTotalText": "€1,234.50", "PaidToDateText": "€0.00", "open_amount_text": "€1,234.50", "amount_text": "€500.00",
 }
 
 
@@ -87,9 +98,9 @@ class _Blank:
         return ""
 
 
-def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any]) -> str:
-    """The message text: numbers given as text become numbers, ISO midnights become dates, missing fields
-    render empty. ValueError when a value does not fit its format."""
+def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any], locale: str | None = None) -> str:
+    """The message text: numbers given as text become numbers, ISO midnights become dates, amount texts
+    follow `locale`, missing fields render empty. ValueError when a value does not fit its format."""
     values: dict[str, Any] = dict(fields)
     for name, kind_type in provided.items():
         value = fields.get(name)
@@ -102,6 +113,9 @@ def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any
                 values[name] = value
         elif name in ("DocDate", "DocDueDate") and isinstance(value, str) and value.endswith("T00:00:00Z"):
             values[name] = value[:10]
+    for name, amount in AMOUNT_TEXTS.items():
+        if name in provided:
+            values[name] = format_amount(values.get(amount), fields.get(CURRENCY), locale) or _Blank()
     try:
         return template.format_map(values)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
