@@ -20,6 +20,7 @@ from b1twilio_pipeline.alerts.rules import KIND_BY_NAME, load_rules
 from b1twilio_pipeline.alerts.rules.kinds import reads_by_entity
 from b1twilio_pipeline.b1.definitions import b1_definitions, read_specs, snapshot_assets
 from b1twilio_pipeline.b1.entities import snapshot_key
+from b1twilio_pipeline.b1.first_start import first_start
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.sensors import CHANGE_JOB
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP
@@ -50,7 +51,10 @@ def build_definitions(rules_path: str | None = None,
     """`defs` for the code location; tests pass their own rules file and resources aimed at simulators."""
     rules = load_rules(rules_path)
     polling = PollingSettings.from_settings()
-    partitions_def = polling.partitions_def()
+    database = (resources or {}).get("database") or DatabaseResource()
+    assert isinstance(database, DatabaseResource)
+    partitions_def = polling.partitions_def(
+        None if polling.partitions_start else first_start(database))
     alerts = alerts_definitions(rules)
     reporting = reporting_definitions(rules.timezone)
     # The alerts group: everything a change run may evaluate after reading its window.
@@ -63,7 +67,7 @@ def build_definitions(rules_path: str | None = None,
     glue = dg.Definitions(
         jobs=[dg.define_asset_job(
             CHANGE_JOB, selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
-            partitions_def=partitions_def, tags={KIND: "change"},
+            tags={KIND: "change"},
             description="Read the windows B1 changed in, evaluate the rules that depend on them and plan the "
                         "notifications, in one run (launched by b1_change_sensor).")],
         sensors=[dg.AutomationConditionSensorDefinition(
@@ -78,7 +82,7 @@ def build_definitions(rules_path: str | None = None,
         resources={
             "sap": SapB1Resource(),
             "twilio": TwilioResource(),
-            "database": DatabaseResource(),
+            "database": database,
             "rules": RulesResource(path=rules_path),
             **(resources or {}),
         },

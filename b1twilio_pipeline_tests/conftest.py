@@ -1,8 +1,13 @@
 """Shared fixtures: each area keeps its own fixture module, re-exported here."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests replay windows from November 2026, so the first partition is fixed (a deployment's default is
+# the window of its first start, which the tests of that behaviour ask for by unsetting this).
+os.environ.setdefault("B1TWILIO_PARTITIONS_START", "2026-11-01-00:00")
 
 from b1twilio_pipeline_tests.fixtures_pipeline import *  # noqa: F403
 from b1twilio_pipeline_tests.fixtures_sap import *  # noqa: F403

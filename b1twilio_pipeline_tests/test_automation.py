@@ -4,13 +4,14 @@ automation against a PostgreSQL instance, the notification and delivery sensors 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
 import dagster as dg
 import pytest
 
+from b1twilio_pipeline.b1.first_start import first_start
 from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.settings import ConfigurationError
@@ -168,3 +169,70 @@ def test_notification_and_delivery_sensors_sleep_while_the_ledger_is_quiet(tmp_p
         result = _tick(defs, "notification_sensor", instance, database=database)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
     assert result.skip_reason is not None and "no notification is due" in result.skip_reason.skip_message
+
+
+@pytest.mark.postgres
+def test_partitions_begin_at_the_first_start_recorded_in_the_store(
+        monkeypatch: pytest.MonkeyPatch, pg_store_url: str) -> None:
+    """No B1TWILIO_PARTITIONS_START: windows before the deployment first started are not partitions, so
+    the UI shows none of them as missing; every process (webserver, daemon, code server) agrees."""
+    monkeypatch.delenv("B1TWILIO_PARTITIONS_START")
+    database = DatabaseResource(database_url=pg_store_url)
+    before = datetime.now(UTC)
+
+    def first_key() -> str | None:
+        job = build_definitions(resources={"database": database}).resolve_job_def("b1_change_job")
+        assert job.partitions_def is not None
+        return job.partitions_def.get_first_partition_key()
+
+    first = first_key()
+    polling = PollingSettings.from_settings()
+    assert first in {polling.window_start(before), polling.window_start(datetime.now(UTC))}
+    assert first_key() == first  # recorded once: a later load starts at the same window
+    assert first_start(database) <= datetime.now(UTC)
+
+
+@pytest.mark.postgres
+def test_windows_without_change_are_recorded_not_read_and_launch_nothing(
+        pipeline_factory: PipelineFactory, fresh_pg_instance: dg.DagsterInstance) -> None:
+    pipeline = pipeline_factory(instance=fresh_pg_instance)
+    instance, defs = pipeline.instance, pipeline.defs
+    partitions = defs.resolve_job_def("b1_change_job").partitions_def
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    watched = {K(["b1", name]) for name in ("purchase_invoices", "purchase_orders", "sales_invoices",
+                                             "incoming_payments", "item_stock")}
+
+    first = pipeline.tick("b1_change_sensor")
+    assert not first.asset_events  # what happened before the sensor first asked is not known
+    now = datetime.now(UTC)
+    hour_ago = partitions.get_partition_key_for_timestamp((now - timedelta(hours=1)).timestamp())
+    closed = [key for key in partitions.get_partition_keys(current_time=now)
+              if key >= hour_ago and partitions.time_window_for_partition_key(key).end + timedelta(minutes=1) <= now]
+    cursor = json.loads(pipeline.cursors["b1_change_sensor"])
+    pipeline.cursors["b1_change_sensor"] = json.dumps(
+        {**cursor, "quiet_from": hour_ago, "closing": {closed[0]: ["PurchaseInvoices"]}})
+
+    result = pipeline.tick("b1_change_sensor")
+
+    recorded = {(event.asset_key, event.partition) for event in result.asset_events}
+    assert recorded == {(key, window) for window in closed for key in watched} - {
+        (K(["b1", "purchase_invoices"]), closed[0])}  # that window saw a change: its closing read reads it
+    assert [r.partition_key for r in result.run_requests] == [closed[0]]
+    assert not pipeline.tick("b1_change_sensor").asset_events  # each window once
+
+    def requested(cursor: object) -> tuple[set[str], object]:
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return {node.key.path[-1] for node in defs.resolve_asset_graph().asset_nodes
+                if evaluation.get_num_requested(node.key)}, evaluation.cursor
+
+    _, cursor = requested(None)
+    pipeline.refresh_state()
+    pipeline.evaluate()
+    idle, cursor = requested(cursor)
+    assert idle == set()
+    for event in result.asset_events:  # what the daemon does with a sensor's asset events
+        instance.report_runless_asset_event(event)
+    after_quiet_windows, _ = requested(cursor)
+    assert after_quiet_windows == set()  # a record of no change evaluates nothing
+    materialized = instance.get_materialized_partitions(K(["b1", "item_stock"]))
+    assert set(closed) <= materialized  # the UI shows those windows as done, not missing

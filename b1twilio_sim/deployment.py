@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ FOREIGN_SETTINGS = (
     "B1_CA_BUNDLE", "TWILIO_API_KEY", "TWILIO_API_SECRET", "TWILIO_MESSAGING_SERVICE_SID",
     "TWILIO_VOICE_FROM_NUMBER", "TWILIO_REGION", "TWILIO_EDGE", "B1TWILIO_SECRET_KEY",
     "B1TWILIO_WINDOW_MINUTES", "B1TWILIO_STATE_REFRESH_MINUTES", "B1TWILIO_CHANGE_CHECK_SECONDS",
+    "B1TWILIO_PARTITIONS_START", "B1TWILIO_TIMEZONE",
 )
 
 SQLITE_INSTANCE = """\
@@ -69,11 +71,49 @@ load_from:
 """
 
 
+def workspace_yaml(module: str, location: str) -> str:
+    """A workspace serving `module`'s `defs` as one code location (another design, an empty location)."""
+    return (f"load_from:\n  - python_module:\n      module_name: {module}\n"
+            f"      location_name: {location}\n")
+
+
 def postgres_instance(url: str) -> str:
     """The production instance configuration with its storage pointed at `url`."""
     config = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
     config["storage"] = {"postgres": {"postgres_url": url}}
     return yaml.safe_dump(config, sort_keys=False)
+
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def create_scratch_database(purpose: str, admin_url: str = POSTGRES_ADMIN_URL) -> tuple[str, str]:
+    """A new empty PostgreSQL database `b1tw_<purpose>_<random>` on the server of `admin_url`: (name, URL).
+    Each deployment gets its own, so nothing left by an earlier run is measured or read."""
+    import sqlalchemy as sa
+
+    name = f"b1tw_{purpose}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return name, sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_scratch_database(name: str, admin_url: str = POSTGRES_ADMIN_URL) -> None:
+    """Drop a database made by `create_scratch_database`, whoever is still connected to it."""
+    import sqlalchemy as sa
+
+    if not name.startswith("b1tw_"):
+        raise ValueError(f"refusing to drop {name!r}: not a scratch database")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def free_port() -> int:
@@ -119,17 +159,22 @@ class Simulators:
 
 
 def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
-                     status_delay_s: float = 1.0) -> Simulators:
-    from b1twilio_pipeline.core.database import engine_for
-    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-    from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
-
+                     status_delay_s: float = 1.0, receiver: bool = True) -> Simulators:
+    """B1 and Twilio simulators, and (with `receiver`) the status-callback receiver writing to the store at
+    `database_url`. Without it `callback_url` is "" and nothing touches that store: statuses then come by
+    polling, and another release's store (another schema) can be aimed at these simulators."""
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
                          password=creds.password, timezone=timezone, seed=seed).start_background()
     twilio = TwilioSimulator(HOST, 0, account_sid=creds.account_sid, auth_token=creds.auth_token,
                              status_delay_s=status_delay_s).start_background()
     sims = Simulators(sap, twilio, "", [sap.stop, twilio.stop])
+    if not receiver:
+        return sims
     try:
+        from b1twilio_pipeline.core.database import engine_for
+        from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
+        from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
+
         # The receiver checks signatures against its public URL, so the port is chosen before it starts.
         port = free_port()
         callback_url = f"http://{HOST}:{port}{STATUS_PATH}"
@@ -147,7 +192,7 @@ def start_simulators(creds: Credentials, database_url: str, *, timezone: str, se
 def pipeline_environment(creds: Credentials, sims: Simulators, *, dagster_home: Path, rules: Path,
                          database_url: str, timezone: str, secrets_file: Path) -> dict[str, str]:
     """The pipeline's settings, aimed at the simulators."""
-    return {
+    env = {
         "DAGSTER_HOME": str(dagster_home),
         "B1_SERVICE_LAYER_URL": sims.sap.base_url,
         "B1_COMPANY_DB": creds.company_db,
@@ -164,6 +209,9 @@ def pipeline_environment(creds: Credentials, sims: Simulators, *, dagster_home: 
         # No encrypted store: every setting above comes from the environment.
         "B1TWILIO_SECRETS_FILE": str(secrets_file),
     }
+    if not sims.callback_url:  # no receiver: no callbacks asked for, statuses are polled
+        del env["TWILIO_STATUS_CALLBACK_URL"]
+    return env
 
 
 def child_environment(pipeline_env: dict[str, str]) -> dict[str, str]:
@@ -174,17 +222,23 @@ def child_environment(pipeline_env: dict[str, str]) -> dict[str, str]:
 
 
 class DagsterProcess:
-    """`dagster dev` (with `ui_port`) or `dagster-daemon run` in its own process group, output to `log`."""
+    """`dagster dev` (with `ui_port`) or `dagster-daemon run` in its own process group, output to `log`.
 
-    def __init__(self, root: Path, env: dict[str, str], log: Path, *, ui_port: int | None) -> None:
+    `root` is the working directory (where workspace.yaml is written); `workspace` another workspace file's
+    text; `prefix` an argv run first that ends by exec-ing the command (e.g. a shell that enters a cgroup,
+    so every process of the tree is counted from its first instruction)."""
+
+    def __init__(self, root: Path, env: dict[str, str], log: Path, *, ui_port: int | None,
+                 workspace: str = WORKSPACE_YAML, prefix: Sequence[str] = ()) -> None:
         self.root, self.env, self.log_path, self.ui_port = root, env, log, ui_port
-        workspace = root / "workspace.yaml"
-        workspace.write_text(WORKSPACE_YAML)
+        workspace_file = root / "workspace.yaml"
+        workspace_file.write_text(workspace)
         if ui_port is None:
-            self.command = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)]
+            self.command = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace_file)]
         else:
-            self.command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", HOST,
+            self.command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace_file), "-h", HOST,
                             "-p", str(ui_port)]
+        self.command = [*prefix, *self.command]
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("ab")
         self.process = self._spawn()

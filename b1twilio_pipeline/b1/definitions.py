@@ -38,7 +38,7 @@ def b1_definitions(polling: PollingSettings, partitions_def: dg.TimeWindowPartit
         assets=[*snapshot_assets(specs, partitions_def), *(with_condition(asset, refresh) for asset in state)],
         jobs=[
             dg.define_asset_job(
-                "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), partitions_def=partitions_def,
+                "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP),
                 description="Read what changed in B1 in a window; backfill missed windows from the UI or CLI."),
             state_refresh_job,
         ],

@@ -2,6 +2,11 @@
 run only for the windows that changed, with every evaluation downstream of them in the same run. A window
 that saw changes is read once more after it closes (a change stamped in its last minute, committed late).
 The sensor never reads documents itself: the runs do.
+
+A window that closes with no change of an entity needs no read, but the UI would show it as missing, as
+if something had been skipped. The sensor records it instead: a materialization of that entity's snapshot
+partition, without a run, saying nothing changed in B1. Those records trigger no evaluation (see
+`core.automation.follow_condition`), so a quiet hour still launches no run.
 """
 
 import hashlib
@@ -12,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from b1twilio_pipeline.b1.change_detection import OVERLAP, Change, probe_new, probe_stamped
-from b1twilio_pipeline.b1.entities import EntitySpec
+from b1twilio_pipeline.b1.entities import EntitySpec, snapshot_key
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.b1.windows import PollingSettings
@@ -22,6 +27,7 @@ from b1twilio_pipeline.core.database_resource import DatabaseResource
 WINDOW = f"{TAG_PREFIX}/window"
 CHANGE_JOB = "b1_change_job"
 RETRY_BUCKET_S = 300  # a change whose run failed is asked for again after at most this long
+QUIET_WINDOWS_PER_TICK = 96  # after a long stop the quiet windows are recorded a day per tick
 
 
 class _Cursor:
@@ -58,6 +64,24 @@ def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowP
         return dg.RunRequest(run_key=run_key, partition_key=window, asset_selection=keys,
                              tags={WINDOW: window, f"{TAG_PREFIX}/trigger": trigger})
 
+    def quiet_windows(start: str | None, now: datetime,
+                      read: Mapping[str, set[str]]) -> tuple[list[dg.AssetMaterialization], str | None]:
+        """Records of the windows closed since `start` for the entities that did not change in them (those
+        that did are read by a run), and where to start next time. The first tick starts at its own window:
+        what happened before the sensor first asked is not known, so it is not recorded."""
+        window = start or window_of(now)
+        events: list[dg.AssetMaterialization] = []
+        for _ in range(QUIET_WINDOWS_PER_TICK):
+            if window is None or not closed(window, now):
+                break
+            events += [dg.AssetMaterialization(
+                asset_key=snapshot_key(spec), partition=window,
+                description="Nothing changed in B1 in this window: there was nothing to read.",
+                metadata={"changes_in_b1": 0, "recorded_by": "b1_change_sensor"})
+                for spec in watched if spec.entity not in read.get(window, set())]
+            window = partitions_def.get_next_partition_key(window)
+        return events, window
+
     @dg.sensor(name="b1_change_sensor", job_name=CHANGE_JOB, default_status=RUNNING,
                minimum_interval_seconds=polling.change_check_seconds,
                description=f"Asks B1 every {polling.change_check_seconds} s what changed (one small request per "
@@ -81,6 +105,9 @@ def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowP
         by_window: dict[str, set[str]] = {}
         for change in changes:
             by_window.setdefault(change.window, set()).add(change.entity)
+        read = {window: by_window.get(window, set()) | set(closing.get(window, [])) for window in
+                {*by_window, *closing}}
+        quiet, cursor["quiet_from"] = quiet_windows(cursor.get("quiet_from"), now, read)
         requests = []
         bucket = int(now.timestamp() // RETRY_BUCKET_S)
         for window, entities in sorted(by_window.items()):
@@ -97,6 +124,7 @@ def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowP
                 del closing[window]
         cursor["closing"] = closing
         skip = None if requests else f"no change in B1 ({len(watched)} entities asked)"
-        return dg.SensorResult(run_requests=requests, cursor=_Cursor.dump(cursor), skip_reason=skip)
+        return dg.SensorResult(run_requests=requests, cursor=_Cursor.dump(cursor), skip_reason=skip,
+                               asset_events=quiet)
 
     return b1_change_sensor

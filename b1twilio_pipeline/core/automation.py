@@ -36,8 +36,9 @@ def refresh_condition(cron: str, timezone: str) -> dg.AutomationCondition:
 
 def follow_condition(calendar_timezone: str | None = None) -> dg.AutomationCondition:
     """An evaluation: when an input was updated by a run that did not evaluate it already (with a calendar
-    time zone: also after midnight there), and in the same run as an input about to be refreshed."""
-    trigger = AC.any_deps_updated()
+    time zone: also after midnight there), and in the same run as an input about to be refreshed. Updates
+    without a run (the change sensor's record of a window with no change) trigger nothing."""
+    trigger = AC.any_deps_match(AC.any_new_update_has_run_tags())
     if calendar_timezone is not None:
         trigger = trigger | AC.cron_tick_passed(CALENDAR_CRON, calendar_timezone)
     with_inputs = AC.any_deps_match(AC.will_be_requested())

@@ -111,3 +111,11 @@ delivery_events = sa.Table(
     sa.Column("audited", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("sid", "status", name="uq_b1tw_delivery_sid_status"),
 )
+
+# Moments recorded once per deployment (its first start: where the snapshot partitions begin).
+milestones = sa.Table(
+    "b1tw_milestones",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)

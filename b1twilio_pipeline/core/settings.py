@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     b1twilio_database_url: str | None = Field(None, description="the store; default a SQLite file")
     b1twilio_timezone: TimeZone | None = Field(None, description="zone the partitions are cut in")
     b1twilio_window_minutes: Annotated[int, _checked(_one_of(WINDOW_MINUTES))] = 15
-    b1twilio_partitions_start: Annotated[str, _checked(_window_start_problem)] = "2026-11-01-00:00"
+    b1twilio_partitions_start: Annotated[str, _checked(_window_start_problem)] | None = Field(
+        None, description="first window; default the window of the deployment's first start")
     b1twilio_state_refresh_minutes: Annotated[int, _checked(_one_of(REFRESH_MINUTES))] = 30
     b1twilio_change_check_seconds: Count = 30
     b1twilio_send_max_attempts: Count = 8
