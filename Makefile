@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The demo's UI port: `make demo PORT=3001` when 3000 is taken.
+PORT ?= 3000
 
 .PHONY: demo test install lint bench faults
 
@@ -14,7 +16,7 @@ $(BIN)/b1twilio: pyproject.toml
 install: $(BIN)/b1twilio
 
 demo: install
-	$(BIN)/b1twilio demo
+	$(BIN)/b1twilio demo --port $(PORT)
 
 test: install
 	$(BIN)/ruff check .

@@ -9,14 +9,19 @@
     b1twilio rules-schema                         the JSON Schema of the rules file, for editors
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
+    b1twilio windows [--last N]                   the latest snapshot windows' partition keys, to backfill
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
-Bad configuration or input is one `error: ...` line on stderr and exit status 2, never a traceback.
+Exit status: 0 done; 2 bad configuration or input (a rules file, a setting, a secret, a database URL, B1
+refusing the login), as one `error: ...` line on stderr, never a traceback; 1 a service that cannot be
+reached or fails (the database, the B1 Service Layer), also one `error: ...` line: trying again later may
+work; 141 the reader of the output went away (`b1twilio check-config | head -3`), silently; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import importlib
 import os
@@ -32,6 +37,7 @@ from b1twilio_pipeline.core.settings import ConfigurationError
 DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.b1.audit_table", "setup_audit_table_command"),
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
+    "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -41,8 +47,28 @@ _NO_KEY = (
 )
 
 
+# 128 + SIGPIPE: the status of git, cat and every C tool when the reader of their output goes away (git
+# exits 141 on EPIPE on purpose, and a shell reports 141 for a process SIGPIPE killed), so scripts treat
+# `b1twilio ... | head` as they treat `git log | head`. Not 0: the output was cut short, and a
+# `set -o pipefail` script that wanted all of it should know.
+EXIT_READER_GONE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly. Python flushes stdout again at exit and would complain
+        # about the same pipe, so stdout now goes to /dev/null.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_READER_GONE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -50,12 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        raise
     except ConfigurationError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {_one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print("error: the input is not UTF-8 text", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -99,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "this at start too)")
     upgrade.add_argument("--database-url", help="SQLAlchemy URL (default: B1TWILIO_DATABASE_URL)")
     upgrade.set_defaults(handler=_delegate("db upgrade"))
+    windows = commands.add_parser("windows", help="print the partition keys of the latest snapshot windows "
+                                                  "(oldest first), e.g. for `dagster job backfill --from`")
+    windows.add_argument("--last", type=int, default=4, help="how many windows, the open one included (default 4)")
+    windows.set_defaults(handler=_delegate("windows"))
     demo = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
     demo.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
     demo.add_argument("--data-dir", default=".demo",
@@ -150,7 +185,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     path = secrets_store.store_path()
-    if not path.is_file():
+    if not path.exists():
         print(f"no secrets stored yet ({path})")
         return 0
     store, source = _store_and_key_source()
@@ -179,8 +214,15 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         raise secrets_store.SecretsStoreError(f"no secrets file at {store.path}: nothing to rotate")
     store.names()  # decrypt first: a wrong current key fails here, before anything changes
     new_key = secrets_store.generate_key()
-    store.rotate(new_key)
-    print(new_key)
+    # The new key is printed before the store changes: if stdout is gone (`| head -c 0`), nothing changed,
+    # rather than a store encrypted under a key nobody saw.
+    print(new_key, flush=True)
+    try:
+        store.rotate(new_key)
+    except (ConfigurationError, OSError) as exc:
+        raise secrets_store.SecretsStoreError(
+            f"the store was not re-encrypted, the old key still opens it (forget the key printed above): "
+            f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
     if source == "keyring":
         try:
             secrets_store.store_key_in_keyring(new_key)
@@ -232,15 +274,12 @@ def cmd_rules_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from b1twilio_pipeline.alerts.rules import RulesConfigError, load_rules
+    from b1twilio_pipeline.alerts.rules import load_rules
 
-    try:
-        config = load_rules(args.file)
-    except RulesConfigError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        return 1
+    config = load_rules(args.file)  # an invalid file: RulesConfigError, a ConfigurationError (exit 2)
     enabled = len(config.enabled_rules())
-    print(f"{config.source}: OK, {len(config.rules)} rules ({enabled} enabled), time zone {config.timezone}")
+    print(f"{config.source}: OK, {len(config.rules)} rules ({enabled} enabled), time zone {config.timezone}, "
+          f"locale {config.locale}")
     for rule in config.rules:
         print(f"  {config.describe_rule(rule)}")
     warned: set[str] = set()
@@ -269,9 +308,37 @@ def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
                 raise
             raise ConfigurationError(f"`b1twilio {command}` needs the simulators, which this installation "
                                      "lacks: install with `pip install 'b1twilio-pipeline[demo]'`") from None
-        return int(getattr(module, function_name)(args) or 0)
+        try:
+            return int(getattr(module, function_name)(args) or 0)
+        except Exception as exc:
+            failure = _service_failure(exc)
+            if failure is None:
+                raise  # a bug: its traceback is what a report needs
+            print(f"error: {_one_line(failure[1])}", file=sys.stderr)
+            return failure[0]
 
     return run
+
+
+def _service_failure(exc: Exception) -> tuple[int, str] | None:
+    """(exit status, message) for what the database and B1 commands meet: a database URL that is not one, or
+    a login B1 refuses, is configuration (2); a database or B1 that cannot be reached or fails is an outage
+    (1). None for anything else."""
+    from sqlalchemy import exc as sa_exc
+
+    from b1twilio_pipeline.b1.errors import SapB1AuthError, SapB1Error
+
+    if isinstance(exc, sa_exc.ArgumentError):
+        return 2, f"the database URL (--database-url or B1TWILIO_DATABASE_URL) is not usable: {exc}"
+    if isinstance(exc, sa_exc.DBAPIError):
+        return 1, f"the database failed: {exc.orig}"  # the driver's words, without the statement
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return 1, f"the database failed: {type(exc).__name__}"
+    if isinstance(exc, SapB1AuthError):
+        return 2, str(exc)
+    if isinstance(exc, SapB1Error):
+        return 1, str(exc)
+    return None
 
 
 def _one_line(text: str) -> str:

@@ -104,6 +104,13 @@ def test_purchase_order_alerts_on_creation_and_on_tracked_changes_only() -> None
     assert alert_rules.purchase_order_candidates(rule("po"), [snap(cosmetic, created)], since=since) == []
 
 
+def test_an_old_purchase_order_first_seen_after_a_change_is_not_called_new() -> None:
+    old = doc(DocDate="2026-10-01", CreationDate="2026-10-01", UpdateDate="2026-11-25",
+              DocumentLines=[{"ItemCode": "A", "Quantity": 1, "Price": 500}])
+    [first_seen] = alert_rules.purchase_order_candidates(rule("po"), [snap(old)], since=date(2026, 11, 22))
+    assert first_seen.fields["change"] == alert_rules.FIRST_SEEN_CHANGE
+
+
 def test_stock_levels_per_warehouse_or_per_item() -> None:
     item = snap({"ItemCode": "A1", "ItemName": "Bolt", "QuantityOnStock": 30, "MinInventory": 40,
                  "ItemWarehouseInfoCollection": [

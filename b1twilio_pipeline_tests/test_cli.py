@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from keyring.backend import KeyringBackend
 
 from b1twilio_pipeline.core.phones import mask_phone, mask_secret
 from b1twilio_pipeline.core.secrets_store import parse_key
+from b1twilio_sim.sap_b1 import SapB1Simulator
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "b1twilio"
@@ -208,17 +211,20 @@ def test_check_config_default_file_one_line_per_rule(cli: Cli) -> None:
     assert "default_rules.yaml: OK, 7 rules (5 enabled)" in lines[0]
     assert len(lines) == 8
     assert any(line.strip().startswith("overdue-30:") and "voice call" in line for line in lines)
+    assert "  reorder-all: " in result.stdout
+    reorder_all = next(line for line in lines if line.startswith("  reorder-all: "))
+    assert reorder_all.endswith(f"-> Kim {mask_phone('+447700900107')} by SMS, then a voice call if the SMS fails")
     assert "+447700900" not in result.stdout and mask_phone("+447700900101") in result.stdout
 
 
-def test_check_config_invalid_file_exits_1_with_one_line(cli: Cli, tmp_path: Path) -> None:
+def test_check_config_invalid_file_exits_2_with_one_line(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(
         "timezone: Europe/Berlin\nrecipients:\n  t:\n    - {name: A, phone: \"+4915112345678\"}\n"
         "rules:\n  - {id: s1, kind: stock_below_reorder, days_overdue: 3, recipients: [t]}\n"
     )
     result = cli("check-config", str(path))
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
         f"error: {path}: rule 's1': field 'days_overdue': does not apply to kind stock_below_reorder "
         "(only to payment_overdue)\n"
@@ -271,3 +277,101 @@ def test_operator_commands_do_not_load_the_simulators() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- exit status: 2 for bad input, 1 for an outage, one line each; 141 when the reader goes away --------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_every_command_reports_bad_input_with_status_2_and_an_outage_with_1(
+    cli: Cli, tmp_path: Path, sap_sim: SapB1Simulator
+) -> None:
+    """The module docstring's convention, command by command: one `error:` line, never a traceback (the Cli
+    fixture fails on one)."""
+    store_is_a_folder = {"B1TWILIO_SECRETS_FILE": str(tmp_path), "B1TWILIO_SECRET_KEY": new_key(cli)}
+    b1_wrong_password = {"B1_SERVICE_LAYER_URL": sap_sim.base_url, "B1_COMPANY_DB": sap_sim.company_db,
+                         "B1_USERNAME": sap_sim.username, "B1_PASSWORD": "not-the-password"}
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("rules: " + "[" * 3000 + "]" * 3000 + "\n")
+    cases: list[tuple[tuple[str, ...], dict[str, str], int, str]] = [
+        (("check-config", str(tmp_path / "missing.yaml")), {}, 2, "rules file not found"),
+        (("check-config", str(tmp_path)), {}, 2, "cannot read rules file"),
+        (("check-config", str(nested)), {}, 2, "nested too deeply"),
+        (("secrets", "show"), store_is_a_folder, 2, "Is a directory"),
+        (("db", "upgrade", "--database-url", "nonsense://somewhere/db"), {}, 2, "database URL"),
+        (("db", "upgrade", "--database-url", "not a url"), {}, 2, "database URL"),
+        (("db", "upgrade", "--database-url", f"postgresql://b1twilio@127.0.0.1:{_closed_port()}/none"), {}, 1,
+         "the database failed"),
+        (("setup-b1-audit-table",), b1_wrong_password, 2, "login failed"),
+        (("demo", "--port", "0"), {}, 2, "not a TCP port"),
+    ]
+    for args, env, status, words in cases:
+        result = cli(*args, env=env)
+        assert (result.returncode, result.stdout) == (status, ""), (args, result.returncode, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (args, result.stderr)
+        assert words in result.stderr, (args, result.stderr)
+
+
+def _command() -> list[str]:
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "b1twilio_pipeline.cli"]
+
+
+def test_a_reader_that_closes_early_ends_the_command_quietly_with_141(cli: Cli, tmp_path: Path) -> None:
+    """`b1twilio check-config rules.yaml | head -3`, for real: the output (one line per rule, far more than a
+    pipe holds) outlives `head`, and the command stops with git's status and nothing on stderr."""
+    rules = "".join(f"  - {{id: r{n}, kind: stock_below_reorder, recipients: [t]}}\n" for n in range(4000))
+    path = tmp_path / "many.yaml"
+    path.write_text(f'timezone: Europe/Berlin\nrecipients:\n  t: [{{name: A, phone: "+4915112345678"}}]\n'
+                    f"rules:\n{rules}")
+    errors = tmp_path / "stderr.txt"
+    pipeline = f'{shlex.join([*_command(), "check-config", str(path)])} 2>"$1" | head -3; echo "${{PIPESTATUS[0]}}"'
+    result = subprocess.run(["bash", "-c", pipeline, "bash", str(errors)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env=cli.env)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{path}: OK, 4000 rules") and len(lines) == 4, lines
+    assert lines[-1] == "141"
+    assert errors.read_text() == ""
+
+
+@pytest.mark.parametrize("args", [("rules-schema",), ("check-config",), ("secrets", "show")])
+def test_every_command_stops_quietly_when_its_stdout_is_already_closed(cli: Cli, args: tuple[str, ...]) -> None:
+    reader_gone = subprocess.Popen([*_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   cwd=REPO, env=cli.env)
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # the only reader closes before the command writes a byte
+    stderr = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=120) == 141 and stderr == ""
+
+
+def test_rotate_with_nobody_reading_the_new_key_changes_nothing(cli: Cli) -> None:
+    cli.env["B1TWILIO_SECRET_KEY"] = new_key(cli)
+    assert cli("secrets", "set", "B1_USERNAME", "manager").returncode == 0
+    rotating = subprocess.Popen([*_command(), "secrets", "rotate"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, cwd=REPO, env=cli.env)
+    assert rotating.stdout is not None
+    rotating.stdout.close()
+    assert rotating.wait(timeout=120) == 141
+    shown = cli("secrets", "show")  # the old key still opens the store: no key was lost
+    assert shown.returncode == 0 and "B1_USERNAME" in shown.stdout
+
+
+def test_windows_lists_the_keys_a_backfill_can_name(cli: Cli, tmp_path: Path) -> None:
+    store = {"B1TWILIO_DATABASE_URL": f"sqlite:///{tmp_path / 'store.sqlite'}", "B1TWILIO_WINDOW_MINUTES": "15",
+             "B1TWILIO_TIMEZONE": "Europe/Berlin"}
+    first = cli("windows", "--last", "3", env=store)
+    again = cli("windows", "--last", "3", env=store)
+    history = cli("windows", "--last", "2", env={**store, "B1TWILIO_PARTITIONS_START": "2026-11-01-00:00"})
+    refused = cli("windows", "--last", "0", env=store)
+
+    # A new deployment: its first start is recorded, and its window is the only one (older ones never were).
+    assert first.returncode == 0 and len(first.stdout.split()) == 1, first
+    assert again.stdout == first.stdout
+    assert len(history.stdout.split()) == 2 and history.stdout.split()[-1] >= first.stdout.strip()
+    key = first.stdout.strip()
+    assert key[:11].count("-") == 3 and key[-3:] in (":00", ":15", ":30", ":45"), key
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --last 0"), refused

@@ -131,3 +131,41 @@ def test_unanswered_call_goes_to_the_next_person_on_call(pipeline: Pipeline) -> 
     twiml = [parse_qs(r.body.decode())["Twiml"][0] for r in pipeline.twilio.api_requests()
              if r.path.endswith("/Calls.json")]
     assert f"for invoices {invoice['DocNum']}" in twiml[1] and "1,500.00" in twiml[1]
+
+
+def _checks(run: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in run.get_asset_check_evaluations()}
+
+
+def test_delivery_check_stays_red_until_the_on_call_chain_reaches_someone(pipeline: Pipeline) -> None:
+    first, second = "+15005550107", "+15005550108"
+    pipeline.twilio.set_rules({first: {"call": "no-answer"}})
+    invoice = pipeline.sap.add_document("Invoices", {
+        "CardCode": "C20000", "CardName": "Northwind Traders",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 10, "Price": 150}]})
+    pipeline.sap.add_document("IncomingPayments", {
+        "CardCode": "C20000", "PaymentInvoices": [{"DocEntry": invoice["DocEntry"], "SumApplied": 1500}]})
+    pipeline.flow()
+    pipeline.twilio.advance()
+
+    reported = _checks(pipeline.deliveries())["no_delivery_exceptions"]
+    quiet_run = _checks(pipeline.deliveries())["no_delivery_exceptions"]  # no new status in this run
+    assert not reported.passed and not quiet_run.passed
+    assert quiet_run.metadata["unresolved_exceptions"].value == 1
+    assert "no-answer" in quiet_run.metadata["exceptions"].value
+
+    pipeline.notify()  # the next person on call
+    pipeline.twilio.advance()
+    answered = _checks(pipeline.deliveries())["no_delivery_exceptions"]
+    assert [c["to"] for c in pipeline.twilio.calls()] == [first, second]
+    assert answered.passed and answered.metadata["unresolved_exceptions"].value == 0
+
+    # The audit view on the asset's latest materialization: both calls, newest first, with their outcome.
+    event = pipeline.instance.get_latest_materialization_event(DELIVERIES_KEY)
+    table = event.asset_materialization.metadata["who_was_told_what"]
+    calls = [record.data for record in table.records if record.data["channel"] == "voice"]
+    assert [(row["recipient"].split()[0], row["status"]) for row in calls] == [
+        ("Bo", "completed"), ("Ada", "no-answer")]
+    assert all(row["sent_utc"] and row["rule"] and "1500555010" not in row["recipient"] for row in calls)
+    held = [record.data for record in table.records if record.data["status"] == "planned"]
+    assert [(row["recipient"].split()[0], row["sent_utc"]) for row in held] == [("Max", "")]  # quiet hours

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -734,3 +735,12 @@ def test_rules_schema_validates_the_shipped_files_and_is_up_to_date() -> None:
     broken["rules"][0]["chanel"] = "sms"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_the_readme_rules_excerpt_is_the_shipped_file() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    marker = r"<!-- an excerpt of b1twilio_pipeline/alerts/default_rules.yaml[^>]*-->"
+    [excerpt] = re.findall(marker + r"\s*```yaml\n(.*?)```", readme, re.S)
+    shipped = default_rules_path().read_text().splitlines()
+    missing = [line for line in excerpt.splitlines() if line.strip() and line not in shipped]
+    assert not missing, f"README lines not in default_rules.yaml: {missing}"

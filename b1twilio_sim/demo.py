@@ -29,14 +29,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from zoneinfo import ZoneInfo
 
 import httpx
 
 from b1twilio_pipeline.core.settings import ConfigurationError
+from b1twilio_sim.demo_scene import DemoScene
 from b1twilio_sim.deployment import (
     HOST,
     SQLITE_INSTANCE,
@@ -117,14 +116,11 @@ def write_env_file(paths: DemoPaths, env: dict[str, str]) -> None:
 
 
 def demo_environment(paths: DemoPaths, creds: Credentials, sims: Simulators) -> dict[str, str]:
-    """The pipeline's settings for the demo: its rules, a SQLite store, partitions from yesterday on."""
-    yesterday = datetime.now(ZoneInfo(COMPANY_TIMEZONE)).date() - timedelta(days=1)
-    return {
-        **pipeline_environment(creds, sims, dagster_home=paths.dagster_home, rules=RULES_FILE,
-                               database_url=f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE,
-                               secrets_file=paths.root / "no-secrets.enc"),
-        "B1TWILIO_PARTITIONS_START": f"{yesterday:%Y-%m-%d}-00:00",
-    }
+    """The pipeline's settings for the demo: its rules and a SQLite store; the partitions begin at the
+    demo's first start, as in a new deployment."""
+    return pipeline_environment(creds, sims, dagster_home=paths.dagster_home, rules=RULES_FILE,
+                                database_url=f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE,
+                                secrets_file=paths.root / "no-secrets.enc")
 
 
 def cancel_unfinished_runs(dagster_home: Path) -> int:
@@ -163,13 +159,22 @@ def code_location_error(ui_url: str, timeout_s: float = 60.0) -> str | None:
     return f"the code location did not load within {timeout_s:.0f} s"
 
 
+def dismiss_community_dialog(ui_url: str) -> None:
+    """Dagster's UI opens a "Join the Dagster community" dialog over every page on a first visit from
+    localhost until someone clicks it away; its Skip button records that on the server (`setNuxSeen`), so
+    the demo does the same for its own instance. Best effort: the dialog is only in the way."""
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        httpx.post(f"{ui_url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=10.0)
+
+
 def check_port_free(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((HOST, port))
         except OSError as exc:
             raise DemoError(f"port {port} on {HOST} is not available ({exc.strerror}): stop what uses it "
-                            f"or choose another with `b1twilio demo --port {port + 1}`") from None
+                            f"or choose another: `make demo PORT={port + 1}` "
+                            f"(or `.venv/bin/b1twilio demo --port {port + 1}`)") from None
 
 
 def wait_ready(dagster: DagsterProcess, stopping: threading.Event, timeout_s: float = UI_TIMEOUT_S) -> bool:
@@ -278,12 +283,16 @@ def run_demo(options: DemoOptions) -> int:
                 return 130
             print(banner(dagster, sims, paths, time.monotonic() - started), flush=True)
             problem = code_location_error(dagster.url)
+            dismiss_community_dialog(dagster.url)
             if problem:
                 print(f"error: the b1twilio_pipeline code location failed to load: {problem} "
                       f"(details in the UI and in {paths.log})", file=sys.stderr, flush=True)
-            progress = Progress(sims, started)
+            progress, scene = Progress(sims, started), DemoScene(sims)
             while not stopping.wait(1.0):
                 progress.report()
+                change = scene.step(time.monotonic() - started)
+                if change:
+                    print(f"[{time.monotonic() - started:5.0f} s] in B1: {change}", flush=True)
                 if not dagster.alive():
                     print(f"error: dagster dev stopped unexpectedly (status {dagster.process.returncode}); "
                           f"last lines of {paths.log}:\n{_tail(paths.log)}", file=sys.stderr)

@@ -149,10 +149,15 @@ def _tracked(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {**{name: doc.get(name) for name in PO_TRACKED_FIELDS}, "lines": lines}
 
 
-def describe_change(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
-    """'created', or the tracked fields that changed: 'DocTotal 100.00 -> 120.00; 2 lines -> 3 lines'."""
+FIRST_SEEN_CHANGE = "changed (first seen by the pipeline: no earlier version to compare)"
+
+
+def describe_change(before: Mapping[str, Any] | None, after: Mapping[str, Any], *, since: date) -> str:
+    """'created', or the tracked fields that changed: 'DocTotal 100.00 -> 120.00; 2 lines -> 3 lines'. An
+    order seen for the first time is 'created' only if it was created lately (`since`): an older one that
+    changed after the pipeline started was never read before, and calling it new would be wrong."""
     if before is None:
-        return "created"
+        return "created" if _is_recent(after, since) else FIRST_SEEN_CHANGE
     old, new = _tracked(before), _tracked(after)
     parts = []
     for name in (*PO_TRACKED_FIELDS, "lines"):
@@ -175,7 +180,7 @@ def purchase_order_candidates(rule: Rule, orders: Iterable[Snapshot], *, since: 
         updated = parse_day(doc.get("UpdateDate")) or parse_day(doc.get("DocDate"))
         if updated is None or updated < since:
             continue
-        change = describe_change(snap.previous, doc)
+        change = describe_change(snap.previous, doc, since=since)
         if not change:
             continue
         fields = {**document_fields(doc), "change": change}

@@ -1,9 +1,7 @@
-"""Delivery status and the B1 audit write-back.
-
-`notification_deliveries` reconciles every message or call that is not final yet by polling Twilio (the
-status callback receiver updates the same ledger when callbacks can reach us: either path alone gives the
-full picture), reports every status reached since the last run, tags the original notification run with
-its latest status, raises delivery exceptions as a failed asset check, and plans escalations.
+"""Delivery status: `notification_deliveries` reconciles every message or call that is not final yet by
+polling Twilio (the status callback receiver updates the same ledger when callbacks can reach us: either
+path alone gives the full picture), reports every status reached since the last run, plans escalations,
+shows the audit view (`audit_view`) and checks the ledger's state (`delivery_checks`).
 """
 
 from collections.abc import Sequence
@@ -18,6 +16,14 @@ from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.audit_view import audit_table
+from b1twilio_pipeline.notifications.delivery_checks import (
+    EXCEPTION_CHECK,
+    FAILED_CHECK,
+    WINDOW,
+    exception_check,
+    failed_check,
+)
 from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger, Notification
 from b1twilio_pipeline.notifications.plan import NOTIFICATION_PLAN_KEY, plan_for
@@ -28,8 +34,6 @@ from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
 DELIVERY_GROUP = "notifications"
-EXCEPTION_CHECK = "no_delivery_exceptions"
-FAILED_CHECK = "no_failed_notifications"
 
 sent_notifications = dg.AssetSpec(
     NOTIFICATIONS_KEY,
@@ -106,14 +110,19 @@ def _event_rows(events: Sequence[DeliveryEvent],
     deps=[NOTIFICATIONS_KEY],
     group_name=DELIVERY_GROUP,
     kinds={"twilio", "sql"},
-    description="Every status each message or call went through (from status callbacks and from polling "
-                "Twilio for whatever is not final yet); undelivered/failed are delivery exceptions.",
+    description="The audit view: who was told what, when, and did it arrive (the table "
+                "`who_was_told_what` of the latest materialization: every notification of the last 24 hours "
+                "with its latest status). Each run reconciles what is not final yet (status callbacks, and "
+                "polling Twilio) and reports the statuses reached; undelivered/failed are delivery exceptions.",
     check_specs=[dg.AssetCheckSpec(EXCEPTION_CHECK, asset=DELIVERIES_KEY,
-                                   description="No SMS undelivered/failed and no call unanswered/failed "
-                                               "among the statuses reported by this run."),
+                                   description=f"No SMS undelivered/failed and no call unanswered/failed in "
+                                               f"the last {WINDOW.total_seconds() / 3600:.0f} hours that "
+                                               "no escalation of it made up for (the voice call or the "
+                                               "next person on call, delivered or answered)."),
                  dg.AssetCheckSpec(FAILED_CHECK, asset=DELIVERIES_KEY,
-                                   description="No notification failed for good or waits for review "
-                                               "in the last 24 hours (the admins were told of each).")],
+                                   description=f"No notification failed for good or waits for review in "
+                                               f"the last {WINDOW.total_seconds() / 3600:.0f} hours (the "
+                                               "admins were told of each).")],
 )
 def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
                             database: DatabaseResource) -> dg.MaterializeResult:
@@ -129,23 +138,10 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
     final = sum(1 for e in events if is_final(e.channel, e.status))
     return dg.MaterializeResult(
         metadata={
+            "who_was_told_what": audit_table(ledger, utcnow()),
             "statuses_reported": len(events), "final_statuses": final, "changed_by_polling": polled,
             "delivery_exceptions": len(exceptions), "escalations_planned": escalations,
             "statuses": dg.MetadataValue.md(markdown_table(rows, empty="No new delivery statuses.")),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name=EXCEPTION_CHECK, passed=not exceptions, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"exceptions": dg.MetadataValue.md(markdown_table(exceptions, empty="None."))},
-        ), _failed_check(ledger)],
+        check_results=[exception_check(ledger, utcnow()), failed_check(ledger, utcnow())],
     )
-
-
-def _failed_check(ledger: Ledger) -> dg.AssetCheckResult:
-    failed = ledger.unresolved_failures(since=utcnow() - timedelta(hours=24))
-    rows = [{"notification": n.notification_id, "status": n.status, "rule": n.rule_id, "document": n.document,
-             "recipient": f"{n.recipient_name} {n.recipient_masked}", "channel": n.channel,
-             "why": n.error_message or ""} for n in failed]
-    return dg.AssetCheckResult(
-        check_name=FAILED_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"failed_or_in_review": len(failed),
-                  "notifications": dg.MetadataValue.md(markdown_table(rows, empty="None."))})

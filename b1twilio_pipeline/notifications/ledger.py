@@ -34,6 +34,7 @@ from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 from b1twilio_pipeline.notifications.delivery_log import advance, delivery_event
+from b1twilio_pipeline.notifications.statuses import DELIVERY_CHANNELS, EXCEPTIONS, REACHED
 
 PLANNED, SENDING, FAILED, REVIEW = "planned", "sending", "failed", "review"
 # Final statuses and read receipts: each is written to the B1 audit table once.
@@ -320,3 +321,38 @@ class Ledger:
                                                 c.final_at >= since).order_by(c.seq))
         with self.engine.connect() as conn:
             return [_notification(r) for r in conn.execute(query)]
+
+    def recent(self, since: datetime, limit: int = 200) -> list[Notification]:
+        """Notifications planned since `since`, newest first: the audit view's rows."""
+        c = notifications.c
+        query = sa.select(notifications).where(c.created_at >= since).order_by(c.seq.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def unresolved_exceptions(self, since: datetime) -> list[Notification]:
+        """Delivery exceptions (statuses.EXCEPTIONS) final since `since` that none of their escalations made up
+        for: no notification escalated from them (directly or down the on-call chain) reached its person.
+        Another recipient of the same alert being reached does not count: each person was to be told."""
+        c = notifications.c
+        query = (sa.select(notifications).where(c.sid.is_not(None), c.final_at >= since,
+                                                _any_status(notifications, EXCEPTIONS)).order_by(c.seq))
+        with self.engine.connect() as conn:
+            found = [_notification(r) for r in conn.execute(query)]
+            if not found:
+                return []
+            family = conn.execute(sa.select(c.notification_id, c.escalation_of, _any_status(notifications, REACHED))
+                                  .where(c.alert_id.in_(sorted({n.alert_id for n in found})))).all()
+        parent = {row[0]: row[1] for row in family}
+        made_up: set[str] = set()
+        for notification_id, _, reached in family:
+            ancestor = parent.get(notification_id) if reached else None
+            while ancestor is not None and ancestor not in made_up:
+                made_up.add(ancestor)
+                ancestor = parent.get(ancestor)
+        return [n for n in found if n.notification_id not in made_up]
+
+
+def _any_status(table: sa.FromClause, statuses: dict[str, frozenset[str]]) -> sa.ColumnElement[bool]:
+    """The row's status is one of `statuses` for its channel."""
+    return sa.or_(*(sa.and_(table.c.channel == channel, table.c.status.in_(sorted(statuses[channel])))
+                    for channel in DELIVERY_CHANNELS))

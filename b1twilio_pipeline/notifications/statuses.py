@@ -64,10 +64,12 @@ _RANKS: dict[str, dict[str, int]] = {SMS: _SMS_RANKS, VOICE: _VOICE_RANKS}
 SMS_STATUSES: frozenset[str] = frozenset(_SMS_RANKS)
 VOICE_STATUSES: frozenset[str] = frozenset(_VOICE_RANKS) - {"answered"}
 
-_EXCEPTIONS: dict[str, frozenset[str]] = {
+EXCEPTIONS: dict[str, frozenset[str]] = {
     SMS: frozenset({"undelivered", "failed"}),
     VOICE: frozenset({"busy", "failed", "no-answer", "canceled"}),
 }
+# The person was reached: the handset confirmed the SMS, or the call was answered (by someone or a mailbox).
+REACHED: dict[str, frozenset[str]] = {SMS: frozenset({"delivered", "read"}), VOICE: frozenset({"completed"})}
 
 _SID_PREFIXES: dict[str, str] = {"SM": SMS, "MM": SMS, "CA": VOICE}
 
@@ -114,7 +116,7 @@ def is_final(channel: str, status: str) -> bool:
 def is_exception(channel: str, status: str) -> bool:
     """Delivery exceptions: sms undelivered/failed; voice busy/failed/no-answer/canceled (not answered)."""
     _ranks(channel)
-    return status in _EXCEPTIONS[channel]
+    return status in EXCEPTIONS[channel]
 
 
 def should_advance(channel: str, current: str | None, new: str) -> bool:
