@@ -3,7 +3,8 @@
 Every benchmark returns a `BenchResult`: rows of (metric, baseline, optimized, ratio) for the markdown
 table, free-text notes saying how the numbers were obtained, and `facts` (raw numbers) that the smoke
 test asserts on. Ratios are always baseline / optimized, so "12.0x" means the optimized path needs twelve
-times less of that metric (requests, seconds, megabytes).
+times less of that metric (requests, seconds, megabytes). The daemon-level benchmarks compare more than
+two designs against targets, so they give their own `header` and `cells` instead of rows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import resource
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,14 @@ class BenchResult:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    header: tuple[str, ...] = ("metric", "baseline", "optimized", "ratio")
+    cells: list[tuple[str, ...]] = field(default_factory=list)
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| metric | baseline | optimized | ratio |", "|---|---:|---:|---:|"]
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|---" + "|---:" * (len(self.header) - 1) + "|"]
         lines += [f"| {r.metric} | {r.baseline} | {r.optimized} | {r.ratio} |" for r in self.rows]
+        lines += ["| " + " | ".join(line) + " |" for line in self.cells]
         if self.notes:
             lines.append("")
             lines += [f"- {note}" for note in self.notes]
@@ -102,8 +108,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine_info() -> dict[str, str]:
-    """Enough about the machine to compare runs: cores, CPU, memory, Python, OS."""
+    """Enough about the machine to compare runs: cores, CPU, memory, Python, Dagster, OS."""
     memory = ""
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -117,6 +130,7 @@ def machine_info() -> dict[str, str]:
         "cpu": cpu_model(),
         "memory": memory,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "dagster": _version("dagster"),
         "os": platform.platform(),
     }
 
