@@ -10,6 +10,7 @@
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio windows [--last N]                   the latest snapshot windows' partition keys, to backfill
+    b1twilio receiver [--host H] [--port N] [--public-url URL]   what Twilio calls: statuses, replies, keys
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
 Exit status: 0 done; 2 bad configuration or input (a rules file, a setting, a secret, a database URL, B1
@@ -38,6 +39,7 @@ DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.b1.audit_table", "setup_audit_table_command"),
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
     "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
+    "receiver": ("b1twilio_pipeline.notifications.receiver", "receiver_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -134,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(oldest first), e.g. for `dagster job backfill --from`")
     windows.add_argument("--last", type=int, default=4, help="how many windows, the open one included (default 4)")
     windows.set_defaults(handler=_delegate("windows"))
+    receiver = commands.add_parser("receiver", help="serve what Twilio calls: status callbacks, SMS replies and "
+                                                    "keypresses (acknowledgements)")
+    receiver.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    receiver.add_argument("--port", type=int, default=8788, help="port to bind, 0 for a free one (default 8788)")
+    receiver.add_argument("--public-url", default=None, help="base URL Twilio calls (signatures cover it); "
+                                                             "default B1TWILIO_PUBLIC_URL, else http://HOST:PORT")
+    receiver.set_defaults(handler=_delegate("receiver"))
     demo = commands.add_parser("demo", help="start the simulators and the Dagster UI with demo data")
     demo.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
     demo.add_argument("--data-dir", default=".demo",

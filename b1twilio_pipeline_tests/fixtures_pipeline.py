@@ -262,11 +262,11 @@ PipelineFactory = Callable[..., Pipeline]
 def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
                      rules_file: Path) -> Iterator[PipelineFactory]:
     """Build the pipeline once per test; `status_callback_url` turns Twilio status callbacks on,
-    `rules_text` replaces the test rules."""
+    `public_url` (the receiver's base URL) lets people acknowledge, `rules_text` replaces the test rules."""
     started: list[Pipeline] = []
 
     def build(status_callback_url: str = "", rules_text: str | None = None,
-              instance: dg.DagsterInstance | None = None) -> Pipeline:
+              instance: dg.DagsterInstance | None = None, public_url: str = "") -> Pipeline:
         if rules_text is not None:
             rules_file.write_text(rules_text)
         sap = SapB1Simulator(port=0, seed=False).start_background()
@@ -279,7 +279,8 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
                                  backoff_base_s=0.01),
             "twilio": TwilioResource(account_sid=twilio.account_sid, auth_token=twilio.auth_token,
                                      from_number=SIM_FROM_NUMBER, api_base_url=twilio.url,
-                                     status_callback_url=status_callback_url, backoff_base_s=0.001,
+                                     status_callback_url=status_callback_url, public_url=public_url,
+                                     backoff_base_s=0.001,
                                      backoff_max_s=0.01),
             "database": database,
             "rules": RulesResource(path=str(rules_file)),

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from b1twilio_pipeline.notifications.receiver import create_app, public_request_url, start_background
+from b1twilio_pipeline.notifications.receiver import create_app, public_request_url
+from b1twilio_pipeline.notifications.receiver_server import start_background
 from b1twilio_pipeline.notifications.statuses import StatusEvent, should_advance
 
 TOKEN = "test-auth-token-0123456789abcdef"
@@ -68,7 +69,7 @@ def receiver() -> Iterator[Receiver]:
     """
     ledger = FakeLedger()
     changes: list[StatusEvent] = []
-    app = create_app(auth_token=TOKEN, public_url=PUBLIC_URL, sink=ledger, on_change=changes.append)
+    app = create_app(auth_token=TOKEN, status_url=PUBLIC_URL, sink=ledger, on_change=changes.append)
     base, stop = start_background(app)
     try:
         yield Receiver(base + "/twilio/status", PUBLIC_URL, ledger, changes)
@@ -198,7 +199,7 @@ VECTOR_SIGNATURE = "RSOYDt4T1cUTdK1PDd93/VVr8B8="
 def test_twilio_test_vector_through_the_receiver() -> None:
     """Token 12345, the vector's public URL and query, posted to the local receiver."""
     ledger = FakeLedger()
-    app = create_app(auth_token="12345", public_url="https://mycompany.com/myapp.php", sink=ledger)
+    app = create_app(auth_token="12345", status_url="https://mycompany.com/myapp.php", sink=ledger)
     base, stop = start_background(app)
     headers = {"X-Twilio-Signature": VECTOR_SIGNATURE}
     try:
@@ -254,7 +255,7 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "b1twilio_pipeline.notifications.receiver", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "b1twilio_pipeline.cli", "receiver", "--host", "127.0.0.1", "--port", "0"],
         env=_cli_env(tmp_path, TWILIO_AUTH_TOKEN=TOKEN),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -292,7 +293,7 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 def test_cli_without_auth_token_says_what_to_set(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "b1twilio_pipeline.notifications.receiver", "--port", "0"],
+        [sys.executable, "-m", "b1twilio_pipeline.cli", "receiver", "--port", "0"],
         env=_cli_env(tmp_path),
         capture_output=True,
         text=True,
@@ -306,7 +307,7 @@ def test_cli_without_auth_token_says_what_to_set(tmp_path: Path) -> None:
 def test_an_oversized_chunked_body_is_refused_while_it_streams() -> None:
     """300 MiB sent chunked (no Content-Length) with a bad signature: refused after the first chunks,
     never read into memory whole."""
-    app = create_app(auth_token=TOKEN, public_url=PUBLIC_URL, sink=FakeLedger())
+    app = create_app(auth_token=TOKEN, status_url=PUBLIC_URL, sink=FakeLedger())
     chunk = b"x" * 65536
     total_chunks = 300 * 16
     pulled = 0

@@ -12,7 +12,9 @@ import pytest
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
 from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
+from b1twilio_pipeline.notifications.public_urls import STATUS_PATH
+from b1twilio_pipeline.notifications.receiver import create_app
+from b1twilio_pipeline.notifications.receiver_server import start_background
 from b1twilio_pipeline.notifications.statuses import StatusEvent
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
 from b1twilio_sim.twilio import DEMO_AUTH_TOKEN
@@ -39,7 +41,7 @@ def with_callbacks(pipeline_factory: PipelineFactory, pg_store_url: str) -> Iter
         instance.report_runless_asset_event(dg.AssetObservation(
             asset_key=DELIVERIES_KEY, metadata={"sid": event.sid, "status": event.status}))
 
-    app = create_app(auth_token=DEMO_AUTH_TOKEN, public_url=public_url, sink=pipeline.delivery_log(),
+    app = create_app(auth_token=DEMO_AUTH_TOKEN, status_url=public_url, sink=pipeline.delivery_log(),
                      on_change=report)
     _, stop = start_background(app, port=port)
     yield pipeline

@@ -191,7 +191,7 @@ def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipel
     accepted = TwilioResource(
         account_sid=pipeline.twilio.account_sid, auth_token=pipeline.twilio.auth_token,
         from_number=SIM_FROM_NUMBER, api_base_url=pipeline.twilio.url, status_callback_url="",
-    ).send_sms(phone, outgoing_text(claimed))
+    ).send_sms(phone, outgoing_text(claimed, acknowledgeable=False))
 
     runs = pipeline.notify()  # the other recipient's notification, and the dead worker's taken over
     # Dagster's run retry (or an operator) re-executes that run with the same config: nothing more.

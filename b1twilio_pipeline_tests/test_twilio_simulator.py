@@ -10,13 +10,20 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import requests
+from openapi_schema_validator import OAS30Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -431,3 +438,268 @@ def test_tick_moves_one_status_at_a_time(twilio_sim: TwilioSimulator) -> None:
     assert twilio_sim.tick() == 1 and twilio_sim.record(sid)["status"] == "sent"
     assert twilio_sim.tick() == 1 and twilio_sim.record(sid)["status"] == "delivered"
     assert twilio_sim.tick() == 0
+
+
+# ----- the handset's side: SMS replies and keypresses, through the webhooks Twilio sends ----------------
+
+HANDSET, CALLED, UNANSWERED_HANDSET = "+447700900101", "+447700900103", "+447700900104"
+SMS_FIELDS = {"MessageSid", "SmsSid", "SmsMessageSid", "AccountSid", "From", "To", "Body", "NumMedia",
+              "NumSegments", "SmsStatus", "ApiVersion"}
+GATHER_FIELDS = {"CallSid", "AccountSid", "From", "To", "Digits", "CallStatus", "Direction", "ApiVersion",
+                 "FinishedOnKey"}
+
+
+@dataclass
+class Hook:
+    """One webhook request as our endpoint received it."""
+
+    method: str
+    url: str  # the full URL Twilio called, query included: what the signature covers
+    form: dict[str, str]
+    signature: str | None
+    idempotency_token: str | None
+    probed: Any
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Query and form fields together (a GET webhook carries its fields in the query)."""
+        query = parse_qs(urlsplit(self.url).query, keep_blank_values=True)
+        return {**{name: values[0] for name, values in query.items()}, **self.form}
+
+
+class TwimlEndpoint(ThreadingHTTPServer):
+    """A loopback stand-in for the pipeline's webhook endpoints: records every request and answers TwiML by
+    path (`/sms`: a `<Message>` reply, `/gather`: a `<Say>`). `probe(fields)` runs while the request is
+    held, to see the simulator's state at that moment."""
+
+    daemon_threads = True
+    ANSWERS = {"/sms": "<Response><Message>Thanks</Message></Response>",
+               "/gather": "<Response><Say>Acknowledged</Say></Response>"}
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TwimlHandler)
+        self.hooks: list[Hook] = []
+        self.probe: Callable[[dict[str, str]], Any] = lambda _fields: None
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def at(self, path: str) -> list[Hook]:
+        with self.lock:
+            return [hook for hook in self.hooks if urlsplit(hook.url).path == path]
+
+
+class _TwimlHandler(BaseHTTPRequestHandler):
+    server: TwimlEndpoint
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        self._answer({})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        self._answer({name: values[0] for name, values in parse_qs(body, keep_blank_values=True).items()})
+
+    def _answer(self, form: dict[str, str]) -> None:
+        hook = Hook(self.command, self.server.url(self.path), form, self.headers.get("X-Twilio-Signature"),
+                    self.headers.get("I-Twilio-Idempotency-Token"), None)
+        hook.probed = self.server.probe(hook.fields)
+        with self.server.lock:
+            self.server.hooks.append(hook)
+        answer = TwimlEndpoint.ANSWERS.get(urlsplit(self.path).path, "<Response/>").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[TwimlEndpoint]:
+    server = TwimlEndpoint()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def gather_twiml(action: str, method: str = "POST") -> str:
+    return (f'<Response><Gather input="dtmf" numDigits="1" action="{action}" method="{method}">'
+            "<Say>Invoice 42 is overdue. Press 1 to acknowledge.</Say></Gather></Response>")
+
+
+def place_call(sim: TwilioSimulator, to: str, twiml: str) -> str:
+    client, path = api(sim, "Calls.json")
+    with client:
+        return str(client.post(path, data={"To": to, "From": SIM_FROM_NUMBER, "Twiml": twiml}).json()["sid"])
+
+
+def assert_signed(sim: TwilioSimulator, hook: Hook) -> None:
+    assert RequestValidator(sim.auth_token).validate(hook.url, hook.form, hook.signature)
+    assert not RequestValidator("other-token").validate(hook.url, hook.form, hook.signature)
+    assert hook.idempotency_token
+
+
+def assert_message_list_matches_the_spec(listing: dict[str, Any]) -> None:
+    """The 200 answer schema of Twilio's Messages list (its `$ref`s resolved within the spec)."""
+    if not SPEC.exists():
+        pytest.skip("Twilio OpenAPI spec not available")
+    spec = Resource.from_contents(json.loads(SPEC.read_text(encoding="utf-8")), default_specification=DRAFT4)
+    answer = ("urn:twilio#/paths/~12010-04-01~1Accounts~1{AccountSid}~1Messages.json/get/responses/200/content/"
+              "application~1json/schema")
+    OAS30Validator({"$ref": answer}, registry=Registry().with_resource("urn:twilio", spec)).validate(listing)
+
+
+def test_reply_posts_a_signed_sms_webhook_and_its_message_answer_goes_back(
+        twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    twilio_sim.set_auto_advance(False)
+    sent = send_message(twilio_sim, To=HANDSET, Body="Invoice 42 is overdue. Reply K7Q2 to acknowledge").json()
+    twilio_sim.advance()
+    with httpx.Client(base_url=twilio_sim.url, timeout=5) as admin:
+        assert admin.post("/_admin/webhooks", json={"sms_url": endpoint.url("/sms")}).json() == {
+            "sms_url": endpoint.url("/sms")}
+        assert admin.get("/_admin/webhooks").json() == {"sms_url": endpoint.url("/sms")}
+        answer = admin.post("/_admin/reply", json={"from": HANDSET, "body": "K7Q2"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert SM_SID.match(result["message_sid"]) and SM_SID.match(result["reply_sid"])
+    assert result["http_status"] == 200 and "<Message>Thanks</Message>" in result["twiml"]
+
+    (hook,) = endpoint.at("/sms")
+    assert hook.method == "POST" and set(hook.form) == SMS_FIELDS  # no MessagingServiceSid: none was used
+    assert_signed(twilio_sim, hook)
+    sid = result["message_sid"]
+    assert hook.form == {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid,
+                         "AccountSid": twilio_sim.account_sid, "From": HANDSET, "To": sent["from"],
+                         "Body": "K7Q2", "NumMedia": "0", "NumSegments": "1", "SmsStatus": "received",
+                         "ApiVersion": "2010-04-01"}
+
+    twilio_sim.advance()
+    client, path = api(twilio_sim, "Messages.json")
+    with client:
+        listing = client.get(path).json()
+    assert_message_list_matches_the_spec(listing)
+    listed = listing["messages"]
+    assert [(m["direction"], m["status"], m["from"], m["to"], m["body"]) for m in listed] == [
+        ("outbound-reply", "delivered", SIM_FROM_NUMBER, HANDSET, "Thanks"),
+        ("inbound", "received", HANDSET, SIM_FROM_NUMBER, "K7Q2"),
+        ("outbound-api", "delivered", SIM_FROM_NUMBER, HANDSET, sent["body"]),
+    ]
+    assert [listed[0]["sid"], listed[1]["sid"]] == [result["reply_sid"], sid]
+    assert all(spec_properties("api.v2010.account.message") <= set(message) for message in listed)
+
+
+def test_a_messaging_service_reply_carries_its_sid(twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    service = "MG" + "ab" * 16
+    twilio_sim.set_sms_url(endpoint.url("/sms"))
+    send_message(twilio_sim, To=HANDSET, From="", MessagingServiceSid=service)
+    result = twilio_sim.reply(HANDSET, "OK")
+    (hook,) = endpoint.at("/sms")
+    assert hook.form["MessagingServiceSid"] == service and set(hook.form) == SMS_FIELDS | {"MessagingServiceSid"}
+    assert twilio_sim.record(result["reply_sid"])["messaging_service_sid"] == service
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_press_sends_the_digits_to_the_gather_action(twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint,
+                                                     method: str) -> None:
+    twilio_sim.set_auto_advance(False)
+    sid = place_call(twilio_sim, CALLED, gather_twiml(endpoint.url("/gather?alert=42"), method))
+    with httpx.Client(base_url=twilio_sim.url, timeout=5) as admin:
+        answer = admin.post("/_admin/press", json={"to": CALLED, "digits": "1"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["call_sid"] == sid and result["digits"] == "1" and result["http_status"] == 200
+    assert result["twiml"] == "<Response><Say>Acknowledged</Say></Response>"
+
+    (hook,) = endpoint.at("/gather")
+    assert hook.method == method
+    assert_signed(twilio_sim, hook)
+    fields = hook.fields
+    assert set(fields) - {"alert"} == GATHER_FIELDS
+    assert fields == {"alert": "42", "CallSid": sid, "AccountSid": twilio_sim.account_sid, "From": SIM_FROM_NUMBER,
+                      "To": CALLED, "Digits": "1", "CallStatus": "in-progress", "Direction": "outbound-api",
+                      "ApiVersion": "2010-04-01", "FinishedOnKey": ""}
+    (recorded,) = twilio_sim.record(sid)["webhooks"]
+    assert recorded["twiml"] == result["twiml"]
+
+
+def test_press_by_call_sid_keeps_numdigits(twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    sid = place_call(twilio_sim, CALLED, gather_twiml(endpoint.url("/gather")))
+    place_call(twilio_sim, CALLED, "<Response><Say>no gather here</Say></Response>")  # later, not pressable
+    assert twilio_sim.press(call_sid=sid, digits="12")["digits"] == "1"
+    assert twilio_sim.press(to=CALLED, digits="9")["call_sid"] == sid  # the latest call that gathers keys
+    assert [hook.form["Digits"] for hook in endpoint.at("/gather")] == ["1", "9"]
+
+
+def test_rules_reply_and_press_fire_once_each(twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    twilio_sim.set_auto_advance(False)
+    with httpx.Client(base_url=twilio_sim.url, timeout=5) as admin:
+        admin.post("/_admin/webhooks", json={"sms_url": endpoint.url("/sms")})
+        assert admin.post("/_admin/rules", json={
+            HANDSET: {"reply": "OK"}, CALLED: {"press": "1"},
+            UNANSWERED_HANDSET: {"call": "no-answer", "press": "1"}}).status_code == 200
+        assert admin.post("/_admin/rules", json={CALLED: {"press": "one"}}).status_code == 400
+    endpoint.probe = lambda fields: twilio_sim.record(fields["CallSid"])["status"] if "CallSid" in fields else None
+    message = send_message(twilio_sim, To=HANDSET).json()["sid"]
+    call = place_call(twilio_sim, CALLED, gather_twiml(endpoint.url("/gather")))
+    unanswered = place_call(twilio_sim, UNANSWERED_HANDSET, gather_twiml(endpoint.url("/gather")))
+    twilio_sim.advance()
+    twilio_sim.advance()
+
+    (sms,) = endpoint.at("/sms")
+    assert sms.form["Body"] == "OK" and sms.form["From"] == HANDSET
+    assert_signed(twilio_sim, sms)
+    (press,) = endpoint.at("/gather")
+    assert press.form["CallSid"] == call and press.form["Digits"] == "1"
+    assert press.probed == "in-progress"  # pressed while the call was live, before it completed
+    assert [s["status"] for s in twilio_sim.record(call)["status_history"]] == [
+        "queued", "ringing", "in-progress", "completed"]
+    assert twilio_sim.record(unanswered)["webhooks"] == []
+    assert twilio_sim.record(message)["status"] == "delivered"
+    replies = [m for m in twilio_sim.messages() if m["direction"] == "outbound-reply"]
+    assert [(m["body"], m["status"], m["to"]) for m in replies] == [("Thanks", "delivered", HANDSET)]
+    assert sorted(exchange["kind"] for exchange in twilio_sim.inbound()) == ["gather", "sms"]
+
+
+def test_rules_fire_from_the_background_lifecycle_and_wait_callbacks_waits_for_them(
+        twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    twilio_sim.set_sms_url(endpoint.url("/sms"))
+    twilio_sim.set_rules({HANDSET: {"reply": "OK"}, CALLED: {"press": "1"}})
+    send_message(twilio_sim, To=HANDSET)
+    call = place_call(twilio_sim, CALLED, gather_twiml(endpoint.url("/gather")))
+    for _ in range(200):
+        if twilio_sim.record(call)["status"] == "completed" and len(twilio_sim.messages()) == 3:
+            break
+        threading.Event().wait(0.02)
+    assert twilio_sim.wait_callbacks()
+    assert len(endpoint.at("/sms")) == 1 and len(endpoint.at("/gather")) == 1
+
+
+def test_handset_errors_through_the_admin_api(twilio_sim: TwilioSimulator, endpoint: TwimlEndpoint) -> None:
+    with httpx.Client(base_url=twilio_sim.url, timeout=5) as admin:
+        def post(operation: str, payload: dict[str, Any]) -> tuple[int, str]:
+            answer = admin.post(f"/_admin/{operation}", json=payload)
+            return answer.status_code, answer.json()["error"]
+
+        assert post("reply", {"from": HANDSET, "body": "OK"})[0] == 404  # nothing was sent to it
+        send_message(twilio_sim, To=HANDSET)
+        status, error = post("reply", {"from": HANDSET, "body": "OK"})
+        assert status == 409 and "sms_url" in error
+        assert post("webhooks", {"sms_url": "ftp://nowhere"})[0] == 400
+        assert post("press", {"to": CALLED, "digits": "1"})[0] == 404  # no call to that number
+        assert post("press", {"call_sid": "CA" + "0" * 32})[0] == 404
+        place_call(twilio_sim, CALLED, "<Response><Say>Invoice 42</Say></Response>")
+        status, error = post("press", {"to": CALLED, "digits": "1"})
+        assert status == 409 and "Gather" in error
+        place_call(twilio_sim, CALLED, '<Response><Gather numDigits="1"><Say>x</Say></Gather></Response>')
+        status, error = post("press", {"to": CALLED, "digits": "1"})
+        assert status == 409 and "action" in error
+        assert post("press", {"to": CALLED, "digits": "x"})[0] == 400
+    assert endpoint.hooks == [] and twilio_sim.inbound() == []

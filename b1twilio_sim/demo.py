@@ -53,6 +53,7 @@ COMPANY_TIMEZONE = "Europe/Berlin"  # the demo rules' time zone; the simulated B
 AUDIT_TABLE = "B1TW_AUDIT"
 # Sam never answers in the demo: overdue calls go unanswered, the delivery check warns, Jo is called next.
 UNANSWERED_NUMBER = "+447700900103"
+ACKNOWLEDGING_NUMBER = "+447700900104"  # Jo, next on call after Sam: answers and presses 1
 UI_TIMEOUT_S = 180.0
 
 class DemoError(ConfigurationError):
@@ -247,7 +248,7 @@ def banner(dagster: DagsterProcess, sims: Simulators, paths: DemoPaths, elapsed:
         f"  runs          {dagster.url}/runs",
         f"Twilio simulator log:  {twilio}/_admin/messages   {twilio}/_admin/calls",
         f"B1 simulator:          {sims.sap.base_url}   audit table: {sap}/_admin/udt/{AUDIT_TABLE}",
-        f"Status callbacks:      {sims.callback_url}",
+        f"Receiver:              {sims.public_url} (status callbacks, SMS replies, keypresses)",
         f"Data folder: {paths.root} (Dagster instance in dagster_home/, log in logs/dagster.log;",
         f"  `set -a; . {paths.env_file}; set +a` gives your shell the demo's settings for `dagster ...`)",
         "Within about a minute the snapshots, notification runs and receipts appear. Ctrl-C stops everything.",
@@ -271,8 +272,8 @@ def run_demo(options: DemoOptions) -> int:
     if canceled:
         print(f"marked {canceled} run(s) left unfinished by the previous demo as canceled", flush=True)
     with stop_signals() as stopping:
-        sims = start_simulators(creds, f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE)
-        sims.twilio.set_rules({UNANSWERED_NUMBER: {"call": "no-answer"}})
+        sims = start_simulators(creds, f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE, rules=RULES_FILE)
+        sims.twilio.set_rules({UNANSWERED_NUMBER: {"call": "no-answer"}, ACKNOWLEDGING_NUMBER: {"press": "1"}})
         dagster: DagsterProcess | None = None
         try:
             env = demo_environment(paths, creds, sims)

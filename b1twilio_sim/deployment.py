@@ -145,12 +145,14 @@ class Credentials:
 
 @dataclass
 class Simulators:
-    """The B1 and Twilio simulators and the status-callback receiver, served from this process."""
+    """The B1 and Twilio simulators and the receiver, served from this process. `public_url` is the
+    receiver's base URL ("" without one); `callback_url` its status callback URL."""
 
     sap: SapB1Simulator
     twilio: TwilioSimulator
     callback_url: str
     stops: list[Callable[[], None]] = field(default_factory=list)
+    public_url: str = ""
 
     def stop(self) -> None:
         for stop in reversed(self.stops):
@@ -159,10 +161,12 @@ class Simulators:
 
 
 def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
-                     status_delay_s: float = 1.0, receiver: bool = True) -> Simulators:
-    """B1 and Twilio simulators, and (with `receiver`) the status-callback receiver writing to the store at
-    `database_url`. Without it `callback_url` is "" and nothing touches that store: statuses then come by
-    polling, and another release's store (another schema) can be aimed at these simulators."""
+                     status_delay_s: float = 1.0, receiver: bool = True, rules: Path | None = None) -> Simulators:
+    """B1 and Twilio simulators, and (with `receiver`) the receiver writing to the store at `database_url`:
+    status callbacks, and with the `rules` file also SMS replies and keypresses (the Twilio simulator's
+    number then sends its replies there). Without a receiver `callback_url` is "" and nothing touches that
+    store: statuses then come by polling, and another release's store (another schema) can be aimed at
+    these simulators."""
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
                          password=creds.password, timezone=timezone, seed=seed).start_background()
     twilio = TwilioSimulator(HOST, 0, account_sid=creds.account_sid, auth_token=creds.auth_token,
@@ -171,20 +175,28 @@ def start_simulators(creds: Credentials, database_url: str, *, timezone: str, se
     if not receiver:
         return sims
     try:
+        from b1twilio_pipeline.alerts.rules import load_rules
         from b1twilio_pipeline.core.database import engine_for
         from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-        from b1twilio_pipeline.notifications.receiver import STATUS_PATH, create_app, start_background
+        from b1twilio_pipeline.notifications.inbound import Inbound
+        from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, join
+        from b1twilio_pipeline.notifications.receiver import create_app
+        from b1twilio_pipeline.notifications.receiver_server import start_background
 
         # The receiver checks signatures against its public URL, so the port is chosen before it starts.
         port = free_port()
-        callback_url = f"http://{HOST}:{port}{STATUS_PATH}"
-        app = create_app(auth_token=creds.auth_token, public_url=callback_url,
-                         sink=DeliveryLog(engine_for(database_url)))
+        public_url = f"http://{HOST}:{port}"
+        engine = engine_for(database_url)
+        inbound = None if rules is None else Inbound(engine, lambda: load_rules(rules))
+        app = create_app(auth_token=creds.auth_token, status_url=join(public_url, STATUS_PATH),
+                         sink=DeliveryLog(engine), inbound=inbound, public_url=public_url if inbound else None)
         _url, stop_callbacks = start_background(app, HOST, port)
+        if inbound is not None:
+            twilio.set_sms_url(join(public_url, SMS_PATH))
     except BaseException:
         sims.stop()
         raise
-    sims.callback_url = callback_url
+    sims.callback_url, sims.public_url = join(public_url, STATUS_PATH), public_url if inbound else ""
     sims.stops.append(stop_callbacks)
     return sims
 
@@ -211,6 +223,8 @@ def pipeline_environment(creds: Credentials, sims: Simulators, *, dagster_home: 
     }
     if not sims.callback_url:  # no receiver: no callbacks asked for, statuses are polled
         del env["TWILIO_STATUS_CALLBACK_URL"]
+    if sims.public_url:  # the receiver takes SMS replies and keypresses too: alerts can be acknowledged
+        env["B1TWILIO_PUBLIC_URL"] = sims.public_url
     return env
 
 

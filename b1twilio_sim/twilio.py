@@ -3,7 +3,9 @@
 The official `twilio` client talks to it unchanged (only the base URL differs), so the resource's
 production code paths are what the tests exercise. Lifecycles, status callbacks (signed like Twilio's),
 failure rules, opt-outs, a concurrency limit answering 429 and latency are controlled through an admin
-API: Python methods on `TwilioSimulator`, and the same operations as JSON under `/_admin/...`.
+API: Python methods on `TwilioSimulator`, and the same operations as JSON under `/_admin/...`. The admin API
+also plays the recipients' handsets: an SMS reply reaches our number's messaging webhook (`sms_url`), a
+keypress the call's `<Gather action>` (`reply()`, `press()`, or the rules `reply` and `press`).
 
 Run: `python -m b1twilio_sim.twilio --host 127.0.0.1 --port 0`.
 """
@@ -24,6 +26,7 @@ from b1twilio_sim.server import SimulatorServer, run_cli
 from b1twilio_sim.traffic import FaultInjection, LoggedRequest, RequestLog
 from b1twilio_sim.twilio_admin import admin_routes
 from b1twilio_sim.twilio_api import ConcurrencyGate, TwilioApi, TwilioError, fault_response
+from b1twilio_sim.twilio_inbound import InboundError
 from b1twilio_sim.twilio_state import TwilioState
 
 DEMO_ACCOUNT_SID = "AC" + "b1" * 16
@@ -36,10 +39,12 @@ class TwilioSimulator(SimulatorServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, account_sid: str = DEMO_ACCOUNT_SID,
                  auth_token: str = DEMO_AUTH_TOKEN, api_keys: dict[str, str] | None = None,
                  status_delay_s: float = 0.2, max_concurrency: int | None = None, next_429: int = 0,
-                 latency_s: float = 0.0, auto_advance: bool = True, callback_timeout_s: float = 2.0) -> None:
+                 latency_s: float = 0.0, auto_advance: bool = True, callback_timeout_s: float = 2.0,
+                 sms_url: str | None = None) -> None:
         super().__init__(host, port)
         self.state = TwilioState(account_sid, auth_token, status_delay_s=status_delay_s,
-                                 auto_advance=auto_advance, callback_timeout_s=callback_timeout_s)
+                                 auto_advance=auto_advance, callback_timeout_s=callback_timeout_s,
+                                 sms_url=sms_url)
         self.api_keys = dict(api_keys or {})
         self.max_concurrency = max_concurrency
         self.next_429 = next_429
@@ -117,7 +122,9 @@ class TwilioSimulator(SimulatorServer):
 
     def set_rules(self, rules: dict[str, dict[str, Any]]) -> None:
         """Per-number outcomes, e.g. `{"+15005550009": {"message": "undelivered", "error_code": 30003}}`
-        or `{"+1...": {"call": "no-answer"}}` or `{"+1...": {"reject": 21614}}`."""
+        or `{"+1...": {"call": "no-answer"}}` or `{"+1...": {"reject": 21614}}`; and what the handset
+        does: `{"+1...": {"reply": "OK"}}` (replies once to each message delivered to it, through
+        `sms_url`) or `{"+1...": {"press": "1"}}` (presses keys in each call it answers)."""
         self.state.set_rules(rules)
 
     def clear_rules(self) -> None:
@@ -165,10 +172,38 @@ class TwilioSimulator(SimulatorServer):
         return self.state.tick()
 
     def wait_callbacks(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the handset's webhooks (rules `reply`/`press`) and the status callbacks went out."""
         return self.state.wait_callbacks(timeout_s)
 
+    # ----- the handset's side ------------------------------------------------------------------------
+
+    @property
+    def sms_url(self) -> str | None:
+        return self.state.handset.sms_url
+
+    def set_sms_url(self, url: str | None) -> None:
+        """Point our number's messaging webhook (Twilio console: "A message comes in") at `url`."""
+        self.state.handset.set_sms_url(url)
+
+    def reply(self, from_: str, body: str) -> dict[str, Any]:
+        """The handset `from_` replies `body` to the latest SMS sent to it: an inbound message, the signed
+        webhook to `sms_url` and any `<Message>` it answers sent back. Raises `InboundError` (404: no SMS
+        to that number, 409: no `sms_url`)."""
+        return self.state.handset.reply(from_, body).as_dict()
+
+    def press(self, to: str | None = None, digits: str = "1", call_sid: str | None = None) -> dict[str, Any]:
+        """Press `digits` in call `call_sid`, or in the latest call to `to` whose TwiML has a
+        `<Gather action>`, and POST them there. Raises `InboundError` (404: no call, 409: no Gather)."""
+        return self.state.handset.press(to, digits, call_sid).as_dict()
+
+    def inbound(self) -> list[dict[str, Any]]:
+        """Every webhook the handsets caused (replies and keypresses), oldest first, with the answers."""
+        with self.state.lock:
+            return [exchange.as_dict() for exchange in self.state.handset.exchanges]
+
     def reset(self) -> None:
-        """Forget messages, calls, rules, opt-outs, faults, limits and the request log."""
+        """Forget messages, calls, rules, opt-outs, faults, limits, handset webhooks and the request log;
+        `sms_url` stays (it is our number's configuration, not traffic)."""
         self.state.reset()
         self.set_rate_limit(None, 0)
         self.set_faults()
@@ -184,7 +219,7 @@ class TwilioSimulator(SimulatorServer):
                     "callback_modes": sorted(self.state.callbacks.modes) or ["normal"],
                     "max_concurrency": self.max_concurrency, "next_429": self.next_429,
                     "rejected_429": self.rejected_429, "latency_s": self.faults.latency_s,
-                    "auto_advance": self.state.auto_advance,
+                    "auto_advance": self.state.auto_advance, "sms_url": self.sms_url,
                     "messages": len(self.state.listing("message")), "calls": len(self.state.listing("call"))}
 
 
@@ -193,6 +228,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between status changes (default 1)")
     parser.add_argument("--max-concurrency", type=int, default=None,
                         help="answer 429 beyond this many requests in flight (default: no limit)")
+    parser.add_argument("--sms-url", default=None,
+                        help="our number's messaging webhook: where SMS replies from handsets are POSTed")
 
 
 def _build(args: argparse.Namespace) -> TwilioSimulator:
@@ -211,14 +248,14 @@ def _build(args: argparse.Namespace) -> TwilioSimulator:
               file=sys.stderr, flush=True)
     return TwilioSimulator(args.host, args.port, account_sid=account_sid, auth_token=auth_token,
                            api_keys=api_keys, status_delay_s=args.status_delay,
-                           max_concurrency=args.max_concurrency)
+                           max_concurrency=args.max_concurrency, sms_url=args.sms_url)
 
 
 def main(argv: list[str] | None = None) -> None:
     run_cli("Twilio REST API simulator (Messages, Calls, status callbacks)", _build, _add_arguments, argv)
 
 
-__all__ = ["DEMO_ACCOUNT_SID", "DEMO_AUTH_TOKEN", "TwilioError", "TwilioSimulator", "main"]
+__all__ = ["DEMO_ACCOUNT_SID", "DEMO_AUTH_TOKEN", "InboundError", "TwilioError", "TwilioSimulator", "main"]
 
 if __name__ == "__main__":
     main()

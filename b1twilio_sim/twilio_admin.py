@@ -1,6 +1,10 @@
 """The Twilio simulator's admin API over HTTP (`/_admin/<operation>`), for a simulator running in another
 process (the demo): the operations of its Python admin methods, as JSON. Admin calls are logged with the
-rest (`TwilioSimulator.api_requests()` leaves them out) but never limited, delayed or failed."""
+rest (`TwilioSimulator.api_requests()` leaves them out) but never limited, delayed or failed.
+
+The handset's side: `POST /_admin/webhooks {"sms_url"}` (GET reads it), `POST /_admin/reply {"from",
+"body"}`, `POST /_admin/press {"to" | "call_sid", "digits"}` (answer: the webhook exchange; 404 when there
+is nothing to answer, 409 when there is nowhere to send it), `GET /_admin/inbound` (every exchange)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from b1twilio_sim.twilio_api import METHODS
+from b1twilio_sim.twilio_inbound import InboundError
 
 if TYPE_CHECKING:
     from b1twilio_sim.twilio import TwilioSimulator
@@ -28,6 +33,11 @@ def _modes(payload: dict[str, Any]) -> list[str]:
     return [modes] if isinstance(modes, str) else list(modes)
 
 
+def _set_sms_url(sim: TwilioSimulator, url: str | None) -> dict[str, Any]:
+    sim.set_sms_url(url)
+    return {"sms_url": sim.sms_url}
+
+
 def admin_operation(sim: TwilioSimulator, method: str, operation: str, payload: dict[str, Any]) -> Any:
     """Run one admin operation; None means there is no such operation."""
     getters: dict[str, Callable[[], Any]] = {
@@ -37,6 +47,8 @@ def admin_operation(sim: TwilioSimulator, method: str, operation: str, payload: 
         "requests": lambda: {"requests": [
             {"method": entry.method, "path": entry.path, "status": entry.status, "at": entry.at}
             for entry in sim.api_requests()]},
+        "webhooks": lambda: {"sms_url": sim.sms_url},
+        "inbound": lambda: {"inbound": sim.inbound()},
     }
     if method == "GET" and operation in getters:
         return getters[operation]()
@@ -55,6 +67,13 @@ def admin_operation(sim: TwilioSimulator, method: str, operation: str, payload: 
     }
     if method == "POST" and operation in ("advance", "tick"):
         return {"moved": sim.advance() if operation == "advance" else sim.tick()}
+    handset: dict[str, Callable[[], Any]] = {
+        "webhooks": lambda: _set_sms_url(sim, payload["sms_url"]),
+        "reply": lambda: sim.reply(payload["from"], payload["body"]),
+        "press": lambda: sim.press(payload.get("to"), str(payload.get("digits", "1")), payload.get("call_sid")),
+    }
+    if method == "POST" and operation in handset:
+        return handset[operation]()
     if method == "POST" and operation in setters:
         setters[operation]()
         return {"ok": True, "state": sim.admin_state()}
@@ -68,6 +87,8 @@ def admin_routes(sim: TwilioSimulator) -> list[BaseRoute]:
             payload = json.loads(body) if body else {}
             answer = await run_in_threadpool(admin_operation, sim, request.method,
                                              request.path_params["operation"].strip("/"), payload)
+        except InboundError as exc:
+            return _json(exc.status, {"error": str(exc)})
         except (ValueError, TypeError, KeyError) as exc:
             return _json(400, {"error": str(exc)})
         except Exception as exc:  # a simulator bug must answer, not hang the harness

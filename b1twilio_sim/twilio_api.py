@@ -235,7 +235,8 @@ class TwilioApi:
             raise TwilioError(400, 21608, f"StatusCallbackMethod {method} must be GET or POST.")
         self._check_recipient(to, sms=False)
         events = [event for value in form.get("StatusCallbackEvent", []) for event in value.split(" ")]
-        return self.sim.state.add_call(to, from_, _one(form, "StatusCallback"), method, events)
+        return self.sim.state.add_call(to, from_, _one(form, "StatusCallback"), method, events,
+                                       twiml=None if url else twiml)  # Twiml is ignored when Url is given
 
     def _check_recipient(self, to: str, *, sms: bool) -> None:
         """Synchronous recipient errors: invalid (21211), opted out (21610), or a rule's `reject` code."""

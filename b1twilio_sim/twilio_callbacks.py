@@ -4,7 +4,8 @@ Twilio POSTs form-encoded callbacks signed with `X-Twilio-Signature` (HMAC-SHA1 
 parameters, keyed with the Auth Token) and carries an `I-Twilio-Idempotency-Token`. It sends no callback for
 a message's initial status, does not retry a failed callback by default, and guarantees no order. The
 callback modes reproduce what a receiver must survive: callbacks dropped (`fail`), sent twice
-(`duplicate`), or the final status first (`out_of_order`).
+(`duplicate`), or the final status first (`out_of_order`). The handset's webhooks (inbound SMS, Gather
+actions: `twilio_inbound`) are signed and sent by the same `CallbackSender`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +62,16 @@ class CallbackAttempt:
                 "http_status": self.http_status, "error": self.error, "at": self.at}
 
 
+@dataclass(frozen=True)
+class SignedRequest:
+    """One webhook ready to send: the final URL, the form body (empty for a GET) and its signature."""
+
+    method: str
+    url: str
+    form: dict[str, str]
+    signature: str
+
+
 def callback_params(record: Record, account_sid: str, status: str, moment: datetime) -> dict[str, str] | None:
     """The parameters of the callback reporting `status` (or the `initiated` event), or None when the
     record has no callback URL or the caller did not ask for that call event. Call callbacks are numbered
@@ -96,6 +108,43 @@ def callback_params(record: Record, account_sid: str, status: str, moment: datet
     return params
 
 
+class JobPool:
+    """Background jobs a test can wait for: a thread pool and the count of unfinished jobs, guarded by the
+    account state's lock (so `advance()` knows when everything the simulator started has finished)."""
+
+    def __init__(self, lock: threading.RLock, name: str, workers: int = 8) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._pending = 0
+        self._idle = threading.Condition(lock)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._idle:
+            self._pending += 1
+        self._executor.submit(self._run, job)
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def wait(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every submitted job has finished; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class CallbackSender:
     """Queues and sends callbacks; one drain job per record keeps a record's callbacks in order.
 
@@ -107,9 +156,7 @@ class CallbackSender:
         self.modes: set[str] = set()
         self._validator = RequestValidator(auth_token)
         self._http = httpx.Client(timeout=timeout_s)
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="twilio-sim-callback")
-        self._pending = 0
-        self._idle = threading.Condition(lock)
+        self._jobs = JobPool(lock, "twilio-sim-callback")
 
     def set_modes(self, modes: set[str]) -> None:
         unknown = modes - CALLBACK_MODES
@@ -129,46 +176,30 @@ class CallbackSender:
             record.outbox.extend([item, item] if "duplicate" in self.modes else [item])
         if not record.draining:
             record.draining = True
-            self._pending += 1
-            self._executor.submit(self._drain, record)
+            self._jobs.submit(lambda: self._drain(record))
 
     def _drain(self, record: Record) -> None:
-        try:
-            while True:
-                with self.lock:
-                    if not record.outbox:
-                        record.draining = False
-                        return
-                    params = record.outbox.popleft()
-                    drop = "fail" in self.modes
-                attempt = self._deliver(record, params, drop=drop)
-                with self.lock:
-                    record.callbacks.append(attempt)
-        finally:
+        while True:
             with self.lock:
-                self._pending -= 1
-                self._idle.notify_all()
+                if not record.outbox:
+                    record.draining = False
+                    return
+                params = record.outbox.popleft()
+                drop = "fail" in self.modes
+            attempt = self._deliver(record, params, drop=drop)
+            with self.lock:
+                record.callbacks.append(attempt)
 
     def _deliver(self, record: Record, params: dict[str, str], *, drop: bool) -> CallbackAttempt:
         """Send one signed callback; failures are recorded, never retried (as Twilio does by default)."""
-        url = record.status_callback or ""
+        request = self.sign(record.callback_method, record.status_callback or "", params)
         status = params.get("MessageStatus") or params.get("CallStatus") or ""
-        if record.callback_method == "GET":
-            url = url + ("&" if "?" in url else "?") + urlencode(params)
-            signature = self._validator.compute_signature(url, {})
-        else:
-            signature = self._validator.compute_signature(url, params)
-        attempt = CallbackAttempt(url, dict(params), signature, status)
+        attempt = CallbackAttempt(request.url, dict(params), request.signature, status)
         if drop:
             attempt.error = "dropped by the simulator (callback mode 'fail')"
             return attempt
-        headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1",
-                   "I-Twilio-Idempotency-Token": secrets.token_hex(16)}
         try:
-            if record.callback_method == "GET":
-                answer = self._http.get(url, headers=headers)
-            else:
-                answer = self._http.post(url, data=params, headers=headers)
+            answer = self.send(request)
             attempt.http_status = answer.status_code
             if answer.status_code >= 400:
                 attempt.error = f"callback endpoint answered HTTP {answer.status_code}"
@@ -176,17 +207,26 @@ class CallbackSender:
             attempt.error = f"{type(exc).__name__}: {exc}"
         return attempt
 
+    def sign(self, method: str, url: str, params: dict[str, str]) -> SignedRequest:
+        """A webhook signed as Twilio signs it: a GET carries the parameters in its query string and the
+        signature covers that URL alone; a POST's signature covers the URL and the sorted form fields."""
+        if method == "GET":
+            url = url + ("&" if "?" in url else "?") + urlencode(params)
+            return SignedRequest("GET", url, {}, self._validator.compute_signature(url, {}))
+        return SignedRequest("POST", url, dict(params), self._validator.compute_signature(url, params))
+
+    def send(self, request: SignedRequest) -> httpx.Response:
+        """Make the request with the headers Twilio's webhooks carry; raises `httpx.HTTPError`."""
+        headers = {"X-Twilio-Signature": request.signature, "User-Agent": "TwilioProxy/1.1",
+                   "I-Twilio-Idempotency-Token": secrets.token_hex(16)}
+        if request.method == "GET":
+            return self._http.get(request.url, headers=headers)
+        return self._http.post(request.url, data=request.form, headers=headers)
+
     def wait(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued callback has been sent (or failed); False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        with self.lock:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
+        return self._jobs.wait(timeout_s)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._jobs.close()
         self._http.close()

@@ -8,6 +8,10 @@ A message goes queued (accepted first with a Messaging Service) -> sent -> deliv
 failed, read). A call goes queued -> ringing -> in-progress -> completed (or busy, no-answer, failed): the
 Call resource never shows `initiated`, which Twilio reports only as a status callback event when it starts
 dialling; `start_time` is set then.
+
+The handset at the other end (`twilio_inbound.Handset`) can answer: a rule's `reply` is sent back once a
+message is delivered, a rule's `press` is keyed in once a call is answered, and that call waits in
+`in-progress` until the Gather action's webhook has answered (it hangs up only after the keypress).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from b1twilio_sim.twilio_callbacks import (
     now_utc,
     rfc2822,
 )
+from b1twilio_sim.twilio_inbound import DIGITS, Handset, WebhookExchange
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
@@ -82,6 +87,10 @@ class Record:
     outbox: deque[dict[str, str]] = field(default_factory=deque)
     draining: bool = False
     sequence: int = 0
+    twiml: str | None = None  # a call's inline TwiML (the simulator never fetches a `Url`)
+    handset: str | None = None  # what the handset answers: a reply body (message) or digits (call)
+    waiting: bool = False  # the lifecycle pauses while the handset's keypress webhook is under way
+    webhooks: list[WebhookExchange] = field(default_factory=list)
 
     @property
     def sid(self) -> str:
@@ -94,7 +103,8 @@ class Record:
     def as_admin_dict(self) -> dict[str, Any]:
         return {**self.resource, "status_history": list(self.history),
                 "callbacks": [attempt.as_dict() for attempt in self.callbacks],
-                "status_callback": self.status_callback, "pending_steps": list(self.steps)}
+                "status_callback": self.status_callback, "pending_steps": list(self.steps),
+                "twiml": self.twiml, "webhooks": [exchange.as_dict() for exchange in self.webhooks]}
 
 
 @dataclass
@@ -106,14 +116,20 @@ class Rule:
     error_code: int | None = None
     reject: int | None = None  # answer the create request itself with this 2xxxx error code
     call_duration: int = 12
+    reply: str | None = None  # the handset replies this body to each message delivered to it
+    press: str | None = None  # the handset presses these digits in each call it answers
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rule:
-        unknown = set(data) - {"message", "call", "error_code", "reject", "call_duration"}
+        unknown = set(data) - {"message", "call", "error_code", "reject", "call_duration", "reply", "press"}
         if unknown:
             raise ValueError(f"unknown rule keys {sorted(unknown)}: use message, call, error_code, reject, "
-                             "call_duration")
+                             "call_duration, reply, press")
         rule = cls(**data)
+        if rule.reply is not None and not (isinstance(rule.reply, str) and rule.reply):
+            raise ValueError("rule reply must be a non-empty message body")
+        if rule.press is not None and not (isinstance(rule.press, str) and DIGITS.match(rule.press)):
+            raise ValueError(f"rule press {rule.press!r} must be keypad digits (0-9, *, #)")
         if rule.message not in {"delivered", "undelivered", "failed", "read", "sent"}:
             raise ValueError(f"rule message outcome {rule.message!r} is not one of delivered, undelivered, "
                              "failed, read, sent")
@@ -124,14 +140,15 @@ class Rule:
 
     def as_dict(self) -> dict[str, Any]:
         return {"message": self.message, "call": self.call, "error_code": self.error_code,
-                "reject": self.reject, "call_duration": self.call_duration}
+                "reject": self.reject, "call_duration": self.call_duration, "reply": self.reply,
+                "press": self.press}
 
 
 class TwilioState:
     """Everything the simulated Twilio account holds, guarded by one lock."""
 
     def __init__(self, account_sid: str, auth_token: str, *, status_delay_s: float = 0.2,
-                 auto_advance: bool = True, callback_timeout_s: float = 2.0) -> None:
+                 auto_advance: bool = True, callback_timeout_s: float = 2.0, sms_url: str | None = None) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.status_delay_s = status_delay_s
@@ -141,6 +158,7 @@ class TwilioState:
         self.rules: dict[str, Rule] = {}
         self.opted_out: set[str] = set()
         self.callbacks = CallbackSender(auth_token, self.lock, callback_timeout_s)
+        self.handset = Handset(self, sms_url)
         self._order = 0
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -156,30 +174,42 @@ class TwilioState:
             return self.rules.get(number, Rule())
 
     def add_message(self, to: str, from_: str | None, body: str, messaging_service_sid: str | None,
-                    status_callback: str | None) -> Record:
-        """Accept a message: `queued` (or `accepted` with a Messaging Service) and plan its lifecycle."""
+                    status_callback: str | None, *, direction: str = "outbound-api") -> Record:
+        """Accept a message: `queued` (or `accepted` with a Messaging Service) and plan its lifecycle. Only
+        messages sent through the REST API get the recipient rule's `reply`, so a handset never answers the
+        reply its own reply produced."""
         rule = self.rule_for(to)
+        first = "accepted" if messaging_service_sid else "queued"
+        created, resource = self._message_resource(to, from_, body, messaging_service_sid, direction, first)
+        steps = (["queued"] if messaging_service_sid else []) + _message_steps(rule.message)
+        error = rule.error_code or _DEFAULT_ERROR.get(rule.message)
+        record = Record("message", resource, deque(steps), 0, created, status_callback, error_code=error,
+                        handset=rule.reply if direction == "outbound-api" else None)
+        return self._store(record, first)
+
+    def add_inbound_message(self, from_: str, to: str, body: str, messaging_service_sid: str | None) -> Record:
+        """Record a message a handset sent to our number: `inbound`, already `received`."""
+        created, resource = self._message_resource(to, from_, body, messaging_service_sid, "inbound", "received")
+        return self._store(Record("message", resource, deque(), 0, created), "received")
+
+    def _message_resource(self, to: str, from_: str | None, body: str, messaging_service_sid: str | None,
+                          direction: str, status: str) -> tuple[datetime, dict[str, Any]]:
         created = now_utc()
         sid = new_sid("SM")
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"
-        first = "accepted" if messaging_service_sid else "queued"
-        resource: dict[str, Any] = {
+        return created, {
             "account_sid": self.account_sid, "api_version": API_VERSION, "body": body,
             "date_created": rfc2822(created), "date_sent": rfc2822(created), "date_updated": rfc2822(created),
-            "direction": "outbound-api", "error_code": None, "error_message": None, "from": from_,
+            "direction": direction, "error_code": None, "error_message": None, "from": from_,
             "messaging_service_sid": messaging_service_sid, "num_media": "0",
             "num_segments": str(num_segments(body)), "price": None, "price_unit": "USD", "sid": sid,
-            "status": first, "subresource_uris": {"media": uri.replace(".json", "/Media.json"),
-                                                  "feedback": uri.replace(".json", "/Feedback.json")},
+            "status": status, "subresource_uris": {"media": uri.replace(".json", "/Media.json"),
+                                                   "feedback": uri.replace(".json", "/Feedback.json")},
             "to": to, "uri": uri,
         }
-        steps = (["queued"] if messaging_service_sid else []) + _message_steps(rule.message)
-        error = rule.error_code or _DEFAULT_ERROR.get(rule.message)
-        record = Record("message", resource, deque(steps), 0, created, status_callback, error_code=error)
-        return self._store(record, first)
 
     def add_call(self, to: str, from_: str, status_callback: str | None, callback_method: str,
-                 events: Iterable[str]) -> Record:
+                 events: Iterable[str], twiml: str | None = None) -> Record:
         """Accept a call: `queued`, with the lifecycle its number's rule asks for."""
         rule = self.rule_for(to)
         created = now_utc()
@@ -200,7 +230,8 @@ class TwilioState:
         requested = {event.strip() for event in events if event.strip()} | {"completed"}
         record = Record("call", resource, deque(_call_steps(rule.call)), 0, created, status_callback,
                         callback_method=callback_method, events=frozenset(requested),
-                        error_code=rule.error_code, duration_s=rule.call_duration)
+                        error_code=rule.error_code, duration_s=rule.call_duration, twiml=twiml,
+                        handset=rule.press)
         return self._store(record, "queued")
 
     def _store(self, record: Record, first_status: str) -> Record:
@@ -232,6 +263,7 @@ class TwilioState:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
+        self.handset.close()  # first: its webhooks are sent through the callback sender's client
         self.callbacks.close()
 
     def _run(self) -> None:
@@ -242,33 +274,48 @@ class TwilioState:
 
     def _step_due(self, moment: float) -> None:
         with self.lock:
-            due = [record for record in self.records.values() if record.steps and record.next_at <= moment]
+            due = [record for record in self._movable() if record.next_at <= moment]
             for record in due:
                 self._step(record)
                 record.next_at = moment + self.status_delay_s
 
-    def tick(self) -> int:
-        """Move every unfinished message and call one status on; returns how many moved."""
+    def _movable(self) -> list[Record]:
+        """Unfinished records not paused for the handset (lock held)."""
+        return [record for record in self.records.values() if record.steps and not record.waiting]
+
+    def tick(self, wait_s: float = 5.0) -> int:
+        """Move every unfinished message and call one status on; returns how many moved. The handset's
+        webhooks started by the previous tick finish first, so a call pressed its keys before it ends."""
+        self.handset.wait(wait_s)
         with self.lock:
-            moving = [record for record in self.records.values() if record.steps]
+            moving = self._movable()
             for record in moving:
                 self._step(record)
         return len(moving)
 
-    def advance(self, wait_callbacks_s: float = 5.0) -> int:
-        """Push every lifecycle to its final status now and wait for the callbacks to go out."""
+    def advance(self, wait_s: float = 5.0) -> int:
+        """Push every lifecycle to its final status now, with the handset's replies and keypresses (and
+        the messages they produce) on the way, and wait for the callbacks to go out."""
+        deadline = time.monotonic() + wait_s
         moved = 0
-        with self.lock:
-            for record in list(self.records.values()):
-                while record.steps:
-                    self._step(record)
-                    moved += 1
-        self.callbacks.wait(wait_callbacks_s)
+        while True:
+            with self.lock:
+                for record in list(self.records.values()):
+                    while record.steps and not record.waiting:
+                        self._step(record)
+                        moved += 1
+            self.handset.wait(max(0.0, deadline - time.monotonic()))
+            with self.lock:
+                if not self._movable():
+                    break
+        self.callbacks.wait(max(0.0, deadline - time.monotonic()))
         return moved
 
     def wait_callbacks(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every queued callback has been sent (or failed); False on timeout."""
-        return self.callbacks.wait(timeout_s)
+        """Wait until the handset's webhooks and every queued callback have been sent (or failed); False on
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        return self.handset.wait(timeout_s) and self.callbacks.wait(max(0.0, deadline - time.monotonic()))
 
     def _step(self, record: Record) -> None:
         """Apply the next status (lock held) and queue the callbacks Twilio would send for it. A call's
@@ -287,6 +334,7 @@ class TwilioState:
         else:
             self._call_changed(record, status, moment)
         self._notify(record, status, moment, final=not record.steps)
+        self.handset.status_reached(record, status)
 
     def _notify(self, record: Record, status: str, moment: datetime, *, final: bool) -> None:
         params = callback_params(record, self.account_sid, status, moment)
@@ -327,6 +375,7 @@ class TwilioState:
             self.rules.clear()
             self.opted_out.clear()
             self.callbacks.modes = set()
+            self.handset.exchanges.clear()
 
 
 def _message_steps(outcome: str) -> list[str]:

@@ -76,7 +76,9 @@ def sales_invoices(rule: SalesInvoiceCreated, store: SnapshotStore, alerts: Aler
 def overdue(rule: PaymentOverdue, store: SnapshotStore, alerts: AlertStore, config: AlertConfig) -> int:
     today = datetime.now(rule.tz).date()
     invoices = store.iter_entity("Invoices", open_only=True)
-    return _record(alerts, rule, alert_rules.overdue_candidates(rule, invoices, today=today))
+    taken_on = alerts.acknowledged_documents(rule.id) if rule.renotify_every_days else set()
+    return _record(alerts, rule, [candidate for candidate in alert_rules.overdue_candidates(rule, invoices, today=today)
+                                  if candidate.document not in taken_on])
 
 
 @evaluates(PaymentReceived)

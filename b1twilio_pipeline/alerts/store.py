@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from b1twilio_pipeline.core.schema import alert_events, stock_state
+from b1twilio_pipeline.core.schema import acknowledgements, alert_events, stock_state
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 
 
@@ -55,6 +55,15 @@ class AlertStore:
                            aware(r.detected_at))
                 for r in conn.execute(query)
             ]
+
+    def acknowledged_documents(self, rule_id: str) -> set[str]:
+        """Documents of `rule_id` whose alert somebody acknowledged (by SMS reply or keypress): the rule
+        does not remind anyone of them again."""
+        query = (sa.select(alert_events.c.document).join(
+            acknowledgements, acknowledgements.c.alert_id == alert_events.c.alert_id)
+            .where(alert_events.c.rule_id == rule_id))
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
 
     def record_plan_error(self, alert_id: str, error: str) -> None:
         with self.engine.begin() as conn:

@@ -119,3 +119,18 @@ milestones = sa.Table(
     sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Who took an alert on: the first acknowledgement of each alert (by SMS reply or keypress). A replayed or
+# second acknowledgement finds the row and changes nothing.
+acknowledgements = sa.Table(
+    "b1tw_acknowledgements",
+    metadata,
+    sa.Column("alert_id", sa.String(200), primary_key=True),
+    sa.Column("notification_id", sa.String(250), nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),  # Recipient.key: never the number itself
+    sa.Column("recipient_name", sa.Text, nullable=False),
+    sa.Column("recipient_masked", sa.Text, nullable=False),
+    sa.Column("via", sa.String(12), nullable=False),  # sms-reply | keypress
+    sa.Column("via_sid", sa.String(40), nullable=False),  # the inbound message or the call
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -142,9 +142,12 @@ class Settings(BaseSettings):
     twilio_region: str | None = None
     twilio_edge: str | None = None
     twilio_api_base_url: HttpUrl | None = Field(None, description="another Twilio API root (tests, proxies)")
-    twilio_status_callback_url: HttpUrl | None = Field(None, description="public URL of the status receiver")
+    twilio_status_callback_url: HttpUrl | None = Field(
+        None, description="public URL of the status receiver; default {B1TWILIO_PUBLIC_URL}/twilio/status")
     # The pipeline
     b1twilio_config: str | None = Field(None, description="the alert rules file")
+    b1twilio_public_url: HttpUrl | None = Field(
+        None, description="public base URL of `b1twilio receiver` (statuses, SMS replies, keypresses)")
     b1twilio_database_url: str | None = Field(None, description="the store; default a SQLite file")
     b1twilio_timezone: TimeZone | None = Field(None, description="zone the partitions are cut in")
     b1twilio_window_minutes: Annotated[int, _checked(_one_of(WINDOW_MINUTES))] = 15

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from b1twilio_pipeline.notifications.acknowledgements import Acknowledgement, Acknowledgements
 from b1twilio_pipeline.notifications.ledger import Ledger, Notification
 
 WINDOW = timedelta(hours=24)
@@ -25,6 +26,7 @@ COLUMNS = (
     ("channel", "sms or voice"),
     ("rule", "the rule that fired"),
     ("document", "what it is about"),
+    ("acknowledged", "who took the alert on (by SMS reply or keypress) and when"),
     ("message", "the text sent or spoken"),
     ("planned_utc", "when the alert became this notification"),
 )
@@ -34,11 +36,12 @@ def _time(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M}" if moment else ""
 
 
-def _record(n: Notification) -> dg.TableRecord:
+def _record(n: Notification, ack: Acknowledgement | None) -> dg.TableRecord:
     text = n.body if len(n.body) <= MAX_TEXT else n.body[:MAX_TEXT - 1] + "…"
     return dg.TableRecord({
         "recipient": f"{n.recipient_name} {n.recipient_masked}", "status": n.status, "sent_utc": _time(n.sent_at),
-        "channel": n.channel, "rule": n.rule_id, "document": n.document, "message": text,
+        "channel": n.channel, "rule": n.rule_id, "document": n.document,
+        "acknowledged": f"{ack.who}, {_time(ack.acknowledged_at)} ({ack.via})" if ack else "", "message": text,
         "planned_utc": _time(n.created_at),
     })
 
@@ -46,4 +49,6 @@ def _record(n: Notification) -> dg.TableRecord:
 def audit_table(ledger: Ledger, now: datetime) -> dg.TableMetadataValue:
     """The last `WINDOW` of notifications (at most `MAX_ROWS`), newest first."""
     schema = dg.TableSchema(columns=[dg.TableColumn(name, "string", description=text) for name, text in COLUMNS])
-    return dg.MetadataValue.table([_record(n) for n in ledger.recent(now - WINDOW, MAX_ROWS)], schema=schema)
+    shown = ledger.recent(now - WINDOW, MAX_ROWS)
+    acks = Acknowledgements(ledger.engine).of_alerts([n.alert_id for n in shown])
+    return dg.MetadataValue.table([_record(n, acks.get(n.alert_id)) for n in shown], schema=schema)

@@ -16,6 +16,7 @@ from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.acknowledgements import Acknowledgements
 from b1twilio_pipeline.notifications.audit_view import audit_table
 from b1twilio_pipeline.notifications.delivery_checks import (
     EXCEPTION_CHECK,
@@ -74,10 +75,15 @@ def _notifications_of(ledger: Ledger, events: Sequence[DeliveryEvent]) -> dict[s
 
 def _escalate(config: RulesConfig, ledger: Ledger) -> int:
     """SMS undelivered/failed -> a voice call to the same person (sms_then_voice); SMS or call failed or
-    not answered -> the next person of an on-call chain (escalation.next_recipient). The decision and the
-    escalation's notification are recorded in one transaction."""
+    not answered -> the next person of an on-call chain (escalation.next_recipient); nothing once the alert
+    was acknowledged. The decision and the escalation's notification are recorded in one transaction."""
     planned = 0
-    for n in ledger.needs_escalation():
+    waiting = ledger.needs_escalation()
+    taken_on = Acknowledgements(ledger.engine).of_alerts([n.alert_id for n in waiting])
+    for n in waiting:
+        if n.alert_id in taken_on:  # somebody has it: nobody else needs to be told
+            ledger.escalate(n.notification_id, [])
+            continue
         rule = config.find_rule(n.rule_id)
         person = config.person(n.recipient)
         target, channel = None, n.channel

@@ -17,8 +17,9 @@ from b1twilio_pipeline.core.schema import delivery_events, notifications
 from b1twilio_pipeline.core.sql import aware, chunks, insert, utcnow
 from b1twilio_pipeline.notifications.statuses import StatusEvent, is_final, should_advance
 
-# Final statuses and read receipts: each is written to the B1 audit table once.
-AUDITED_STATUSES = ("delivered", "undelivered", "failed", "read", "canceled", "completed", "busy", "no-answer")
+# Final statuses, read receipts and acknowledgements: each is written to the B1 audit table once.
+AUDITED_STATUSES = ("delivered", "undelivered", "failed", "read", "canceled", "completed", "busy", "no-answer",
+                    "acknowledged")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from b1twilio_pipeline.core import settings
-from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
+from b1twilio_pipeline.core.schema import acknowledgements, alert_events, delivery_events, notifications
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 from b1twilio_pipeline.notifications.delivery_log import advance, delivery_event
 from b1twilio_pipeline.notifications.statuses import DELIVERY_CHANNELS, EXCEPTIONS, REACHED
@@ -39,6 +39,9 @@ from b1twilio_pipeline.notifications.statuses import DELIVERY_CHANNELS, EXCEPTIO
 PLANNED, SENDING, FAILED, REVIEW = "planned", "sending", "failed", "review"
 # Final statuses and read receipts: each is written to the B1 audit table once.
 REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: people type these codes back
+SKIPPED = "skipped"  # an escalation whose alert was acknowledged before it went out
+# An alert can be acknowledged this long after it was sent; a person's codes are unique over it.
+ACK_WINDOW = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -173,10 +176,11 @@ class Ledger:
 
     @staticmethod
     def _free_ref(conn: Connection, p: PlannedNotification) -> str:
-        """A reference not used by another unfinished notification of the same recipient."""
+        """A reference not used by another notification of the same recipient that is unfinished or can
+        still be acknowledged: the code a person replies names exactly one alert."""
         c = notifications.c
-        taken = set(conn.scalars(sa.select(c.ref).where(c.recipient == p.recipient, c.final_at.is_(None),
-                                                        c.ref.is_not(None))))
+        recent = sa.or_(c.final_at.is_(None), c.created_at >= utcnow() - ACK_WINDOW)
+        taken = set(conn.scalars(sa.select(c.ref).where(c.recipient == p.recipient, recent, c.ref.is_not(None))))
         salt = 0
         while (ref := reference(p.notification_id, salt)) in taken:
             salt += 1
@@ -288,6 +292,10 @@ class Ledger:
                                 error_message=message, final_at=utcnow(), failures=n.failures + 1,
                                 planned=admin_alerts)
 
+    def skip(self, n: Notification, owner: str, reason: str) -> bool:
+        """Final without sending: its alert was acknowledged before this escalation went out."""
+        return self._transition(n.notification_id, owner, status=SKIPPED, error_message=reason, final_at=utcnow())
+
     def _transition(self, notification_id: str, owner: str, planned: Sequence[PlannedNotification] = (),
                     **values: Any) -> bool:
         """Move the holder's row on (only while `owner` holds it) and plan `planned` in the same transaction."""
@@ -319,6 +327,17 @@ class Ledger:
         c = notifications.c
         query = (sa.select(notifications).where(c.status.in_((FAILED, REVIEW)), c.sid.is_(None),
                                                 c.final_at >= since).order_by(c.seq))
+        with self.engine.connect() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def awaiting_acknowledgement(self, recipients: Sequence[str], now: datetime) -> list[Notification]:
+        """Notifications sent to these recipients within ACK_WINDOW whose alert nobody acknowledged yet,
+        newest first: what a reply from their phone can acknowledge."""
+        c = notifications.c
+        acked = sa.exists().where(acknowledgements.c.alert_id == c.alert_id)
+        query = (sa.select(notifications).where(c.recipient.in_(list(recipients)), c.sid.is_not(None),
+                                                c.sent_at >= now - ACK_WINDOW, ~acked)
+                 .order_by(c.sent_at.desc(), c.seq.desc()))
         with self.engine.connect() as conn:
             return [_notification(r) for r in conn.execute(query)]
 

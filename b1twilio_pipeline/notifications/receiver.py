@@ -1,13 +1,16 @@
-"""Receiver of Twilio status callbacks.
+"""The receiver: the one public-facing service for everything Twilio calls (`b1twilio receiver`).
 
-`POST /twilio/status` accepts Twilio's form-encoded callbacks for messages and calls. The
-`X-Twilio-Signature` is checked with twilio's own `RequestValidator` against the PUBLIC URL Twilio
-called (configured, because behind a proxy the local URL differs and `request.url` cannot be
-trusted); anything unsigned or mis-signed gets 403 and is not recorded. Valid events go to a
-`StatusSink` (the delivery log), which decides with `statuses.should_advance` whether
-anything changed, so replays and out-of-order callbacks are harmless.
+- `POST /twilio/status`: status callbacks of messages and calls, to the delivery log, which decides with
+  `statuses.should_advance` whether anything changed, so replays and out-of-order callbacks are harmless.
+- `POST /twilio/sms`: SMS replies (the Twilio number's messaging webhook), answered with TwiML
+  `<Message>`; `POST /twilio/voice`: the keypress of a call's `<Gather>`, answered with `<Say>`. What they
+  mean is `inbound`'s business.
 
-Run it: `python -m b1twilio_pipeline.notifications.receiver --host 127.0.0.1 --port 8788`.
+Every request's `X-Twilio-Signature` is checked with twilio's own `RequestValidator` against the PUBLIC URL
+Twilio called (B1TWILIO_PUBLIC_URL + the path: behind a proxy the local URL differs and `request.url`
+cannot be trusted); anything unsigned, mis-signed or too large is refused and changes nothing.
+
+Run it: `b1twilio receiver --host 127.0.0.1 --port 8788` (prints `listening on http://HOST:PORT`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,7 @@ import logging
 import os
 import re
 import signal
-import socket
-import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
@@ -38,17 +38,22 @@ from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import VoiceResponse
 
-from b1twilio_pipeline.core.phones import mask_phone
+from b1twilio_pipeline.core.phones import E164_PATTERN, mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError, current
+from b1twilio_pipeline.notifications.inbound import Inbound
+from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, VOICE_PATH, join
+from b1twilio_pipeline.notifications.receiver_server import BannerServer, base_url, bound_socket
 from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
 
 log = logging.getLogger(__name__)
 
-STATUS_PATH = "/twilio/status"
 MAX_BODY_BYTES = 64 * 1024  # Twilio's callbacks are well under 2 KiB; refuse floods early
 _MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+_PHONE = re.compile(E164_PATTERN)
 _STATUS = re.compile(r"^[a-z][a-z_-]{0,39}$")
 
 
@@ -139,30 +144,20 @@ def parse_status_callback(form: ImmutableMultiDict, received_at: datetime | None
     raise MalformedCallback("neither MessageSid nor CallSid is present")
 
 
-def create_app(
-    *,
-    auth_token: str,
-    public_url: str,
-    sink: StatusSink,
-    on_change: Callable[[StatusEvent], None] | None = None,
-) -> Starlette:
-    """The ASGI app: `POST /twilio/status` (signed Twilio callbacks) and `GET /healthz`."""
-    if not auth_token:
-        raise ConfigurationError("the status callback receiver needs TWILIO_AUTH_TOKEN to check signatures")
-    if urlsplit(public_url).scheme not in ("http", "https"):
-        raise ConfigurationError(
-            f"TWILIO_STATUS_CALLBACK_URL {public_url!r} is not an http(s) URL: set the public URL "
-            "Twilio calls, e.g. https://alerts.example.com/twilio/status"
-        )
-    validator = RequestValidator(auth_token)
+class Verified:
+    """Checks that a request comes from Twilio: size-limited body, `X-Twilio-Signature` over the public URL
+    it was sent to (`public_url` + the request's query). Returns the form, or the refusal to send."""
 
-    async def status(request: Request) -> Response:
+    def __init__(self, auth_token: str) -> None:
+        self.validator = RequestValidator(auth_token)
+
+    async def form(self, request: Request, public_url: str) -> ImmutableMultiDict | Response:
         body = await read_limited(request, MAX_BODY_BYTES)
         if body is None:
             return PlainTextResponse("body too large", status_code=413)
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
-            log.warning("status callback rejected: no %s header", SIGNATURE_HEADER)
+            log.warning("%s rejected: no %s header", request.url.path, SIGNATURE_HEADER)
             return PlainTextResponse("missing signature", status_code=403)
         raw_query = request.scope.get("query_string", b"").decode("latin-1")
         text = body.decode("utf-8", errors="replace")
@@ -171,22 +166,56 @@ def create_app(
         params: object = text if "bodySHA256" in parse_qs(raw_query) else form
         url = public_request_url(public_url, raw_query)
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
-        if not validator.validate(url, params, signature, algorithm):
-            log.warning("status callback rejected: signature does not match %s", url)
+        if not self.validator.validate(url, params, signature, algorithm):
+            log.warning("%s rejected: signature does not match %s", request.url.path, url)
             return PlainTextResponse("invalid signature", status_code=403)
+        return form
+
+
+def _twiml(response: MessagingResponse | VoiceResponse) -> Response:
+    return Response(str(response), media_type="application/xml")
+
+
+def _field(form: ImmutableMultiDict, name: str, pattern: re.Pattern[str]) -> str:
+    value = form.get(name) or ""
+    if not pattern.fullmatch(value):
+        raise MalformedCallback(f"{name} {value[:40]!r} is not what Twilio sends")
+    return value
+
+
+def create_app(
+    *,
+    auth_token: str,
+    status_url: str,
+    sink: StatusSink,
+    on_change: Callable[[StatusEvent], None] | None = None,
+    inbound: Inbound | None = None,
+    public_url: str | None = None,
+    on_acknowledged: Callable[[str], None] | None = None,
+) -> Starlette:
+    """The ASGI app: `POST /twilio/status` (signed status callbacks, checked against `status_url`) and
+    `GET /healthz`; with `inbound` and the public base URL `public_url` also `POST /twilio/sms` (replies)
+    and `POST /twilio/voice` (keypresses). `on_acknowledged` hears each new acknowledgement's sentence."""
+    if not auth_token:
+        raise ConfigurationError("the receiver needs TWILIO_AUTH_TOKEN to check Twilio's signatures")
+    for url, name in ((status_url, "TWILIO_STATUS_CALLBACK_URL"), (public_url or "https://x", "B1TWILIO_PUBLIC_URL")):
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigurationError(f"{name} {url!r} is not an http(s) URL: set the public URL Twilio calls, "
+                                     "e.g. https://alerts.example.com")
+    verified = Verified(auth_token)
+
+    async def status(request: Request) -> Response:
+        form = await verified.form(request, status_url)
+        if isinstance(form, Response):
+            return form
         try:
             event = parse_status_callback(form)
         except MalformedCallback as exc:
             log.warning("signed status callback rejected as malformed: %s", exc)
             return PlainTextResponse(f"malformed callback: {exc}", status_code=400)
         changed = await run_in_threadpool(sink.apply_status, event)
-        log.info(
-            "status callback %s %s to %s: %s",
-            event.sid,
-            event.status,
-            mask_phone(form.get("To")),
-            "recorded" if changed else "no change",
-        )
+        log.info("status callback %s %s to %s: %s", event.sid, event.status, mask_phone(form.get("To")),
+                 "recorded" if changed else "no change")
         if changed and on_change is not None:
             try:
                 await run_in_threadpool(on_change, event)
@@ -194,85 +223,58 @@ def create_app(
                 log.exception("on_change failed for %s %s", event.sid, event.status)
         return Response(status_code=204)
 
+    async def sms(request: Request) -> Response:
+        assert inbound is not None and public_url is not None
+        form = await verified.form(request, join(public_url, SMS_PATH))
+        if isinstance(form, Response):
+            return form
+        try:
+            sid = _field(form, "MessageSid", _MESSAGE_SID)
+            sender = _field(form, "From", _PHONE)
+        except MalformedCallback as exc:
+            return PlainTextResponse(f"malformed message: {exc}", status_code=400)
+        answer = await run_in_threadpool(inbound.sms_reply, sender, form.get("Body", "")[:1600], sid)
+        log.info("SMS reply %s from %s: %s", sid, mask_phone(sender), answer or "(no answer: Twilio keyword)")
+        response = MessagingResponse()
+        if answer:
+            response.message(answer)
+            if answer.startswith("Acknowledged") and on_acknowledged is not None:
+                await run_in_threadpool(on_acknowledged, answer)
+        return _twiml(response)
+
+    async def voice(request: Request) -> Response:
+        assert inbound is not None and public_url is not None
+        form = await verified.form(request, join(public_url, VOICE_PATH))
+        if isinstance(form, Response):
+            return form
+        try:
+            sid = _field(form, "CallSid", _CALL_SID)
+        except MalformedCallback as exc:
+            return PlainTextResponse(f"malformed keypress: {exc}", status_code=400)
+        spoken = await run_in_threadpool(inbound.keypress, sid, form.get("Digits", "")[:8])
+        log.info("keypress on %s: %s", sid, spoken)
+        if spoken.startswith("Acknowledged") and on_acknowledged is not None:
+            await run_in_threadpool(on_acknowledged, spoken)
+        response = VoiceResponse()
+        response.say(spoken)
+        return _twiml(response)
+
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    return Starlette(
-        routes=[
-            Route(STATUS_PATH, status, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ]
-    )
+    routes = [Route(STATUS_PATH, status, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
+    if inbound is not None and public_url is not None:
+        routes += [Route(SMS_PATH, sms, methods=["POST"]), Route(VOICE_PATH, voice, methods=["POST"])]
+    return Starlette(routes=routes)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn server that prints the listening line once it really accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, banner: str | None = None) -> None:
-        super().__init__(config)
-        self._banner = banner
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and self._banner:
-            print(self._banner, flush=True)
-
-
-def _bound_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _base_url(host: str, sock: socket.socket) -> str:
-    port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def start_background(
-    app: Starlette, host: str = "127.0.0.1", port: int = 0
-) -> tuple[str, Callable[[], None]]:
-    """Serve `app` with uvicorn in a daemon thread; returns (base URL, stop). For tests and the demo."""
-    sock = _bound_socket(host, port)
-    url = _base_url(host, sock)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="callbacks")
-    thread.start()
-    for _ in range(500):
-        if server.started or not thread.is_alive():
-            break
-        threading.Event().wait(0.01)
-    if not server.started:
-        sock.close()
-        raise RuntimeError(f"status callback receiver did not start on {url}")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-    return url, stop
-
-
-def _sink_from_settings() -> StatusSink:
-    """The notification ledger on B1TWILIO_DATABASE_URL (the same database the pipeline uses)."""
-    from b1twilio_pipeline.core.database import engine_for
-    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-
-    return DeliveryLog(engine_for())
-
-
-def dagster_reporter() -> Callable[[StatusEvent], None] | None:
-    """Report each status change to Dagster as an observation of the deliveries asset, when a Dagster
-    instance is configured (DAGSTER_HOME); the delivery sensor then reconciles and audits it."""
+def dagster_reporter() -> tuple[Callable[[StatusEvent], None] | None, Callable[[str], None] | None]:
+    """Report each status change and each acknowledgement to Dagster as an observation of the deliveries
+    asset, when a Dagster instance is configured (DAGSTER_HOME); the delivery sensor then reconciles and
+    audits them."""
     if not os.environ.get("DAGSTER_HOME"):
-        log.info("DAGSTER_HOME is not set: statuses go to the ledger only")
-        return None
+        log.info("DAGSTER_HOME is not set: statuses and acknowledgements go to the ledger only")
+        return None, None
     import dagster as dg
 
     from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
@@ -285,50 +287,41 @@ def dagster_reporter() -> Callable[[StatusEvent], None] | None:
             metadata={"sid": event.sid, "status": event.status, "channel": event.channel,
                       "error_code": event.error_code or 0, "source": event.source}))
 
-    return report
+    def acknowledged(sentence: str) -> None:
+        instance.report_runless_asset_event(dg.AssetObservation(
+            asset_key=DELIVERIES_KEY, description=sentence, metadata={"acknowledged": sentence}))
+
+    return report, acknowledged
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: serve the receiver until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m b1twilio_pipeline.notifications.receiver", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8788, help="port to bind, 0 for a free one (default 8788)"
-    )
-    parser.add_argument(
-        "--public-url",
-        default=None,
-        help="URL Twilio calls (signatures cover it); default TWILIO_STATUS_CALLBACK_URL, "
-        "else http://HOST:PORT/twilio/status",
-    )
-    args = parser.parse_args(argv)
+def receiver_command(args: argparse.Namespace) -> int:
+    """`b1twilio receiver --host H --port N [--public-url URL]`: serve until SIGINT/SIGTERM."""
+    from b1twilio_pipeline.alerts.rules import load_rules
+    from b1twilio_pipeline.core.database import engine_for
+    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configured = current()
+    auth_token = configured.require("twilio_auth_token", "checks the signature of every Twilio request")
     try:
-        configured = current()
-        auth_token = configured.require("twilio_auth_token", "checks the signature of Twilio status callbacks")
-        sock = _bound_socket(args.host, args.port)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        sock = bound_socket(args.host, args.port)
     except OSError as exc:
-        print(
-            f"error: cannot listen on {args.host}:{args.port} ({exc.strerror}): choose another --port",
-            file=sys.stderr,
-        )
-        return 2
-    url = _base_url(args.host, sock)
-    public_url = args.public_url or configured.twilio_status_callback_url or url + STATUS_PATH
+        raise ConfigurationError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}): choose another "
+                                 "--port") from None
+    url = base_url(args.host, sock)
+    public_url = args.public_url or configured.b1twilio_public_url or url
+    status_url = configured.twilio_status_callback_url or join(public_url, STATUS_PATH)
+    engine = engine_for()
+    on_change, on_acknowledged = dagster_reporter()
     try:
-        app = create_app(auth_token=auth_token, public_url=public_url, sink=_sink_from_settings(),
-                         on_change=dagster_reporter())
-    except ConfigurationError as exc:
+        app = create_app(auth_token=auth_token, status_url=status_url, sink=DeliveryLog(engine), on_change=on_change,
+                         inbound=Inbound(engine, lambda: load_rules(configured.b1twilio_config)),
+                         public_url=public_url, on_acknowledged=on_acknowledged)
+    except ConfigurationError:
         sock.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("signatures are checked against %s", public_url)
-    server = _Server(uvicorn.Config(app, log_level="info", lifespan="off"), banner=f"listening on {url}")
+        raise
+    log.info("signatures are checked against %s (status callbacks: %s)", public_url, status_url)
+    server = BannerServer(uvicorn.Config(app, log_level="info", lifespan="off"), banner=f"listening on {url}")
     # uvicorn re-raises the stop signal after its graceful shutdown; neutral handlers make that a clean exit.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -339,7 +332,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.close()
     print("stopped", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

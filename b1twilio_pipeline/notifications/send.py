@@ -26,7 +26,15 @@ from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, current
 from b1twilio_pipeline.core.sql import utcnow
-from b1twilio_pipeline.notifications.ledger import REVIEW, Ledger, Notification, PlannedNotification, bounded_id
+from b1twilio_pipeline.notifications.acknowledgements import Acknowledgements
+from b1twilio_pipeline.notifications.ledger import (
+    REVIEW,
+    SKIPPED,
+    Ledger,
+    Notification,
+    PlannedNotification,
+    bounded_id,
+)
 from b1twilio_pipeline.notifications.twilio_api import AmbiguousDelivery, Outbound, SentNotification, TwilioSendError
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
@@ -41,14 +49,18 @@ def admin_group() -> str:
     return current().b1twilio_admin_group
 
 
-def outgoing_text(n: Notification) -> str:
-    """What the person receives: an SMS carries its reference, by which a lookup recognises it."""
-    return f"{n.body} (ref {n.ref})" if n.channel == "sms" and n.ref else n.body
+def outgoing_text(n: Notification, acknowledgeable: bool) -> str:
+    """What the person receives: an SMS carries its reference, by which a lookup recognises it, and which
+    the person replies to acknowledge it when the receiver can hear replies."""
+    if n.channel != "sms" or not n.ref:
+        return n.body
+    return f"{n.body} Reply {n.ref} to acknowledge." if acknowledgeable else f"{n.body} (ref {n.ref})"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one notification's attempt came to: sent, adopted, held, retry, failed, review or skipped."""
+    """What one notification's attempt came to: sent, adopted, held, retry, failed, review, skipped (its alert
+    was acknowledged first) or lost (another worker took it over)."""
 
     result: str
     n: Notification
@@ -62,6 +74,7 @@ class Sender:
 
     def __init__(self, ledger: Ledger, twilio: TwilioResource, rules: RulesConfig, owner: str) -> None:
         self.ledger, self.twilio, self.rules, self.owner = ledger, twilio, rules, owner
+        self.acks = Acknowledgements(ledger.engine)
 
     def process(self, notification_id: str, attempts: int) -> Outcome | None:
         now = utcnow()
@@ -80,9 +93,15 @@ class Sender:
             return self._retry(claimed, error.code, str(error), may_have_sent=error.may_have_sent)
 
     def _attempt(self, n: Notification, now: datetime) -> Outcome:
-        person = self._person(n)
-        out = Outbound(n.channel, person.resolve_phone(), outgoing_text(n), n.ref if n.channel == "sms" else None)
         lookup_since = n.lookup_since
+        taken_on = self.acks.get(n.alert_id) if n.escalation_of and lookup_since is None else None
+        if taken_on is not None:  # nobody needs this escalation any more (an earlier attempt would be looked up)
+            reason = f"not sent: {taken_on.who} acknowledged the alert at {taken_on.acknowledged_at:%H:%M} UTC"
+            self.ledger.skip(n, self.owner, reason)
+            return Outcome(SKIPPED, n, message=reason)
+        person = self._person(n)
+        out = Outbound(n.channel, person.resolve_phone(), outgoing_text(n, self.twilio.acknowledgeable()),
+                       n.ref if n.channel == "sms" else None)
         if lookup_since is not None and n.channel == "voice" and self.ledger.sending_elsewhere(n, now):
             return self._retry(n, None, "another call to the same person is in flight: looking up later",
                                may_have_sent=True, retry_at=now + BUSY_RETRY, count=False)
@@ -102,7 +121,7 @@ class Sender:
             return self._give_up(n, None, f"needs review: {sent.sid} is already recorded for another notification",
                                  status=REVIEW)
         if not recorded:
-            return Outcome("skipped", n, sent.sid, sent.status, "lost the lease before recording the SID")
+            return Outcome("lost", n, sent.sid, sent.status, "lost the lease before recording the SID")
         return Outcome("adopted" if sent.adopted else "sent", n, sent.sid, sent.status)
 
     def _foreign(self, n: Notification) -> Callable[[str], bool]:
@@ -191,11 +210,11 @@ def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rul
             n = outcome.n
             line = (f"{n.channel} to {n.recipient_name} {n.recipient_masked} for {n.document}: {outcome.result}"
                     f"{' ' + outcome.sid if outcome.sid else ''}{': ' + outcome.message if outcome.message else ''}")
-            if outcome.result in ("sent", "adopted", "failed", "review"):
+            if outcome.result in ("sent", "adopted", "failed", "review", SKIPPED):
                 context.log_event(_materialization(outcome))
-            (context.log.info if outcome.result in ("sent", "adopted", "held") else context.log.warning)(line)
+            (context.log.info if outcome.result in ("sent", "adopted", "held", SKIPPED) else context.log.warning)(line)
     counts = {result: sum(1 for o in outcomes if o.result == result)
-              for result in ("sent", "adopted", "held", "retry", "failed", "review")}
+              for result in ("sent", "adopted", "held", "retry", "failed", "review", SKIPPED)}
     context.log.info(f"notifications: {counts}")
     lost = [o for o in outcomes if o.result in ("failed", "review")]
     if lost:

@@ -44,6 +44,8 @@ from b1twilio_pipeline.notifications.twilio_http import BaseUrlHttpClient, retry
 T = TypeVar("T")
 
 MAX_TWIML_CHARS = 4000
+PRESS_TO_ACKNOWLEDGE = "Press 1 to acknowledge."
+GATHER_TIMEOUT_S = 8  # then the call ends unacknowledged: an answering machine never presses 1
 CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
 # Twilio's clock and ours differ a little: a lookup looks this far before the attempt began.
 CLOCK_SLACK = timedelta(minutes=2)
@@ -69,6 +71,7 @@ class TwilioResource(dg.ConfigurableResource):
     edge: str | None = None
     api_base_url: str | None = None
     status_callback_url: str | None = None
+    public_url: str | None = None  # the receiver's public base URL; default B1TWILIO_PUBLIC_URL, "" for none
     max_concurrency: int = 4
     max_retries: int = 6
     lookup_delay_s: float = 1.0  # after an ambiguous answer, give Twilio a moment before asking
@@ -92,7 +95,7 @@ class TwilioResource(dg.ConfigurableResource):
                     api_secret=self.api_secret, from_number=self.from_number,
                     messaging_service_sid=self.messaging_service_sid, voice_from_number=self.voice_from_number,
                     region=self.region, edge=self.edge, api_base_url=self.api_base_url,
-                    status_callback_url=self.status_callback_url)
+                    status_callback_url=self.status_callback_url, public_url=self.public_url)
                 http = BaseUrlHttpClient(config.api_base_url, timeout=self.timeout_s,
                                          pool_size=max(10, self.max_concurrency * 2),
                                          retry=retry_policy(self.max_retries, self.backoff_base_s, self.backoff_max_s))
@@ -103,6 +106,10 @@ class TwilioResource(dg.ConfigurableResource):
                 self._config = config
                 self._slots = threading.BoundedSemaphore(max(1, self.max_concurrency))
             return self._client, self._config
+
+    def acknowledgeable(self) -> bool:
+        """People can acknowledge what is sent: the receiver's public URL (B1TWILIO_PUBLIC_URL) is known."""
+        return self._client_and_config()[1].public_url is not None
 
     # ----- sending -----------------------------------------------------------------------------------
 
@@ -161,18 +168,24 @@ class TwilioResource(dg.ConfigurableResource):
             return SentNotification(sid=str(message.sid), status=str(message.status), channel="sms")
         if not config.voice_from_number:
             raise ConfigurationError("no caller number: set TWILIO_VOICE_FROM_NUMBER or TWILIO_FROM_NUMBER")
-        kwargs = {"to": out.to, "from_": config.voice_from_number, "twiml": self.twiml_for(out.text)}
+        kwargs = {"to": out.to, "from_": config.voice_from_number,
+                  "twiml": self.twiml_for(out.text, config.keypress_url)}
         if config.status_callback_url:
             kwargs.update(status_callback=config.status_callback_url, status_callback_event=list(CALL_EVENTS),
                           status_callback_method="POST")
         call = self._request(lambda: client.calls.create(**kwargs), "placing call", out.to, read=False)
         return SentNotification(sid=str(call.sid), status=str(call.status), channel="voice")
 
-    def twiml_for(self, text: str) -> str:
-        """`<Response><Say voice language>text</Say></Response>`, text shortened to fit 4000 characters."""
+    def twiml_for(self, text: str, keypress_url: str | None = None) -> str:
+        """`<Response><Say voice language>text</Say></Response>`, text shortened to fit 4000 characters; with
+        `keypress_url` followed by `<Gather>` asking to press 1 to acknowledge (the keypress goes there)."""
         def render(spoken: str) -> str:
             response = VoiceResponse()
             response.say(spoken, voice=self.voice, language=self.language)
+            if keypress_url:
+                gather = response.gather(input="dtmf", num_digits=1, action=keypress_url, method="POST",
+                                         timeout=GATHER_TIMEOUT_S)
+                gather.say(PRESS_TO_ACKNOWLEDGE, voice=self.voice, language=self.language)
             return str(response)
 
         twiml = render(text)

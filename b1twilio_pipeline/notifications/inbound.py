@@ -1,0 +1,96 @@
+"""What an SMS reply or a keypress means, and the answer the person gets.
+
+An SMS reply is matched to a person by the number it comes from: the rules file says whose number that is
+(inline, or PHONE_<REF> from the secrets store); the ledger never holds numbers. Its body, case and spaces
+ignored, is the code printed at the end of an alert ("Reply 7MLWQA to acknowledge"), or OK for the newest
+alert sent to that person; anything else gets a short help. Twilio's own keywords (STOP, HELP, ...) are
+Twilio's to answer: they get no reply here.
+
+A keypress comes on the call itself: the CallSid names the notification, and 1 acknowledges. A call that
+ends without a keypress (an answering machine heard it) acknowledges nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+
+from b1twilio_pipeline.alerts.rules import RulesConfig
+from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.acknowledgements import (
+    VIA_KEYPRESS,
+    VIA_SMS,
+    Acknowledgement,
+    Acknowledgements,
+)
+from b1twilio_pipeline.notifications.ledger import Ledger, Notification
+
+# Twilio answers these itself (opt-out and help handling); a reply of ours would be noise or is dropped.
+TWILIO_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "START", "YES",
+                             "UNSTOP", "HELP", "INFO"})
+_CODE = re.compile(r"^[A-Z0-9]{4,8}$")
+HELP = "Reply with the code at the end of an alert (e.g. 7MLWQA) to acknowledge it, or OK for the newest one."
+NOTHING_OPEN = "There is no alert to acknowledge for this number."
+
+
+class Inbound:
+    """Acknowledgements from SMS replies and keypresses against the ledger; `rules` is read per request,
+    so an edited rules file (a new phone number) applies at once."""
+
+    def __init__(self, engine: Engine, rules: Callable[[], RulesConfig]) -> None:
+        self.ledger, self.acks, self.rules = Ledger(engine), Acknowledgements(engine), rules
+
+    def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None:
+        """The answer to an SMS from `sender`, or None when there must be none."""
+        text = re.sub(r"\s+", "", body or "").upper()
+        if text in TWILIO_KEYWORDS:
+            return None
+        recipients = self._recipients_of(sender)
+        open_alerts = self.ledger.awaiting_acknowledgement(recipients, utcnow())
+        if text == "OK":
+            chosen = open_alerts[:1]
+        elif _CODE.fullmatch(text):
+            chosen = [n for n in open_alerts if n.ref == text][:1] or self._already_acknowledged(recipients, text)
+        else:
+            return HELP
+        if not chosen:
+            return NOTHING_OPEN if text == "OK" or not open_alerts else f"No open alert has the code {text}. {HELP}"
+        return _confirmation(chosen[0], self.acks.record(chosen[0], via=VIA_SMS, via_sid=message_sid, at=utcnow()))
+
+    def _already_acknowledged(self, recipients: list[str], code: str) -> list[Notification]:
+        """The person's notification with this code whose alert is acknowledged already: a repeated reply
+        (or Twilio retrying the webhook) gets the same answer, and records nothing new."""
+        found = [n for key in recipients if (n := self.ledger.by_ref(key, code)) is not None]
+        return [n for n in found if self.acks.get(n.alert_id) is not None][:1]
+
+    def keypress(self, call_sid: str, digits: str) -> str:
+        """What the call says after the person pressed `digits`."""
+        n = self.ledger.by_sid(call_sid)
+        if n is None:
+            return "This call is not known. Goodbye."
+        if digits.strip() != "1":
+            return "Not acknowledged. Goodbye."
+        ack = self.acks.record(n, via=VIA_KEYPRESS, via_sid=call_sid, at=utcnow())
+        return f"{_confirmation(n, ack)} Goodbye."
+
+    def _recipients_of(self, sender: str) -> list[str]:
+        """The recipient keys whose phone is `sender`. A phone_ref whose secret is missing is skipped: that
+        person cannot have been sent anything."""
+        keys = []
+        for people in self.rules().recipients.values():
+            for person in people:
+                try:
+                    if person.resolve_phone() == sender:
+                        keys.append(person.key)
+                except ConfigurationError:
+                    continue
+        return keys
+
+
+def _confirmation(n: Notification, ack: Acknowledgement) -> str:
+    if ack.notification_id == n.notification_id:
+        return f"Acknowledged: {n.document} ({n.rule_id}). Thank you, {n.recipient_name}."
+    return f"Already acknowledged by {ack.recipient_name} at {ack.acknowledged_at:%H:%M} UTC: {n.document}."
