@@ -95,6 +95,19 @@ def test_an_sms_reply_with_the_code_acknowledges_once_and_stops_the_escalation(a
     assert [row.data["acknowledged"].split(",")[0] for row in table.records] == [f"Kim {mask_phone(BUYER)}"]
 
 
+def test_an_escalation_planned_before_the_acknowledgement_is_not_sent(acking: Pipeline) -> None:
+    _po_with_failing_sms(acking)
+    acking.twilio.advance()
+    acking.deliveries()  # undelivered: the voice call to Kim is planned
+    acking.twilio.reply(BUYER, "OK")  # and then Kim replies: the SMS reached her after all
+    runs = acking.notify()
+
+    assert acking.twilio.calls() == []
+    [skipped] = acking.notifications(runs)
+    assert skipped["channel"] == "voice" and skipped["outcome"] == "skipped"
+    assert "Kim" in skipped["error"] and "acknowledged the alert" in skipped["error"]
+
+
 def test_ok_takes_the_newest_alert_and_anything_else_gets_help(acking: Pipeline) -> None:
     _po_with_failing_sms(acking)
     help_answer = acking.twilio.reply(BUYER, "what is this?")
