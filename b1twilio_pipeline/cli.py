@@ -7,6 +7,7 @@
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
     b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
     b1twilio rules-schema                         the JSON Schema of the rules file, for editors
+    b1twilio preview [--rules F] [--since D] [--offline]   what a rules file would send now; sends nothing
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio windows [--last N]                   the latest snapshot windows' partition keys, to backfill
@@ -28,6 +29,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 
 from b1twilio_pipeline.core import secrets_store, settings
 from b1twilio_pipeline.core.phones import mask_phone, mask_secret
@@ -40,6 +42,7 @@ DELEGATED = {
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
     "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
     "receiver": ("b1twilio_pipeline.notifications.receiver", "receiver_command"),
+    "preview": ("b1twilio_pipeline.notifications.preview", "preview_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -136,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(oldest first), e.g. for `dagster job backfill --from`")
     windows.add_argument("--last", type=int, default=4, help="how many windows, the open one included (default 4)")
     windows.set_defaults(handler=_delegate("windows"))
+    dry_run = commands.add_parser("preview", help="what a rules file would send on the current B1 data, to whom "
+                                                  "and when; sends nothing, writes nothing")
+    dry_run.add_argument("--rules", help="rules file (default: B1TWILIO_CONFIG, else the shipped one)")
+    dry_run.add_argument("--since", type=_day, help="documents changed since YYYY-MM-DD (default: 3 days ago)")
+    dry_run.add_argument("--offline", action="store_true", help="evaluate the snapshot store, do not ask B1")
+    dry_run.set_defaults(handler=_delegate("preview"))
     receiver = commands.add_parser("receiver", help="serve what Twilio calls: status callbacks, SMS replies and "
                                                     "keypresses (acknowledgements)")
     receiver.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -348,6 +357,13 @@ def _service_failure(exc: Exception) -> tuple[int, str] | None:
     if isinstance(exc, SapB1Error):
         return 1, str(exc)
     return None
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
 
 
 def _one_line(text: str) -> str:
