@@ -9,7 +9,7 @@ import base64
 import hashlib
 import hmac
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import parse_qs, urlencode
 
@@ -41,20 +41,31 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def acking(pipeline_factory: PipelineFactory) -> Iterator[Pipeline]:
-    """The pipeline with the receiver listening for status callbacks, SMS replies and keypresses, and the
+def acking_factory(pipeline_factory: PipelineFactory) -> Iterator[Callable[..., Pipeline]]:
+    """Pipelines with the receiver listening for status callbacks, SMS replies and keypresses, and the
     Twilio simulator's number sending replies there."""
-    port = _free_port()
-    public_url = f"http://127.0.0.1:{port}"
-    pipeline = pipeline_factory(public_url=public_url)
-    app = create_app(auth_token=DEMO_AUTH_TOKEN, status_url=join(public_url, STATUS_PATH),
-                     sink=pipeline.delivery_log(), public_url=public_url,
-                     inbound=Inbound(pipeline.database.engine, lambda: load_rules(pipeline.rules_file)))
-    _, stop = start_background(app, port=port)
-    pipeline.twilio.set_sms_url(join(public_url, SMS_PATH))
-    pipeline.public_url = public_url
-    yield pipeline
-    stop()
+    stops: list[Callable[[], None]] = []
+
+    def build(rules_text: str | None = None) -> Pipeline:
+        port = _free_port()
+        public_url = f"http://127.0.0.1:{port}"
+        pipeline = pipeline_factory(public_url=public_url, rules_text=rules_text)
+        app = create_app(auth_token=DEMO_AUTH_TOKEN, status_url=join(public_url, STATUS_PATH),
+                         sink=pipeline.delivery_log(), public_url=public_url,
+                         inbound=Inbound(pipeline.database.engine, lambda: load_rules(pipeline.rules_file)))
+        stops.append(start_background(app, port=port)[1])
+        pipeline.twilio.set_sms_url(join(public_url, SMS_PATH))
+        pipeline.public_url = public_url
+        return pipeline
+
+    yield build
+    for stop in stops:
+        stop()
+
+
+@pytest.fixture
+def acking(acking_factory: Callable[..., Pipeline]) -> Pipeline:
+    return acking_factory()
 
 
 def _acks(pipeline: Pipeline) -> list[sa.Row]:
@@ -217,3 +228,65 @@ def test_an_acknowledged_overdue_invoice_is_not_reminded_again(acking: Pipeline)
 def _spoken(pipeline: Pipeline) -> list[str]:
     return [parse_qs(r.body.decode())["Twiml"][0] for r in pipeline.twilio.api_requests()
             if r.path.endswith("/Calls.json")]
+
+
+POLICY_RULES = """
+timezone: UTC
+recipients:
+  on_call:
+    - {name: Ada, phone: "+15005550107"}
+    - {name: Bo, phone: "+15005550108"}
+rules:
+  - id: ap-invoice
+    kind: purchase_invoice_received
+    channel: sms
+    recipients: [on_call]
+    template: "New supplier invoice {DocNum} from {CardName}"
+    escalation:
+      - {after_minutes: 10, channel: voice}
+      - {after_minutes: 20, to: next_recipient}
+"""
+ADA, BO = "+15005550107", "+15005550108"
+
+
+def _minutes_pass(pipeline: Pipeline, minutes: int) -> None:
+    """The clock moves on: what was due within `minutes` is due now (the ledger's times, moved back)."""
+    with pipeline.database.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE b1tw_notifications SET next_attempt_at = next_attempt_at - :shift, "
+                             "not_before = not_before - :shift WHERE status = 'planned'"),
+                     {"shift": timedelta(minutes=minutes)})
+
+
+def _invoice_with_policy(acking_factory: Callable[..., Pipeline]) -> Pipeline:
+    pipeline = acking_factory(rules_text=POLICY_RULES)
+    pipeline.sap.add_document("PurchaseInvoices", {
+        "CardCode": "V10000", "CardName": "Acme Components GmbH",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 2, "Price": 50}]})
+    pipeline.flow()
+    return pipeline
+
+
+def test_an_unacknowledged_alert_climbs_its_escalation_policy(acking_factory: Callable[..., Pipeline]) -> None:
+    pipeline = _invoice_with_policy(acking_factory)
+    before = pipeline.notify()  # the steps are planned, not due
+    _minutes_pass(pipeline, 10)
+    pipeline.notify()
+    after_10 = [(c["to"]) for c in pipeline.twilio.calls()]
+    _minutes_pass(pipeline, 10)
+    pipeline.notify()
+
+    assert [m["to"] for m in pipeline.twilio.messages()] == [ADA, BO]  # Ada first, then Bo (next in line)
+    assert before == [] and after_10 == [ADA]  # after 10 minutes: Ada by voice
+    assert [c["to"] for c in pipeline.twilio.calls()] == [ADA]
+
+
+def test_an_acknowledged_alert_stops_climbing(acking_factory: Callable[..., Pipeline]) -> None:
+    pipeline = _invoice_with_policy(acking_factory)
+    answer = pipeline.twilio.reply(ADA, "OK")
+    _minutes_pass(pipeline, 30)
+    runs = pipeline.notify()
+
+    assert "Acknowledged" in answer["twiml"]
+    assert [m["to"] for m in pipeline.twilio.messages() if m["direction"] == "outbound-api"] == [ADA]
+    assert pipeline.twilio.calls() == []
+    assert sorted(n["outcome"] for n in pipeline.notifications(runs)) == ["skipped", "skipped"]

@@ -744,3 +744,53 @@ def test_the_readme_rules_excerpt_is_the_shipped_file() -> None:
     shipped = default_rules_path().read_text().splitlines()
     missing = [line for line in excerpt.splitlines() if line.strip() and line not in shipped]
     assert not missing, f"README lines not in default_rules.yaml: {missing}"
+
+
+POLICY = """
+timezone: UTC
+recipients:
+  on_call: [{name: Sam, phone: "+447700900103"}, {name: Jo, phone: "+447700900104"}]
+  admins: [{name: Kim, phone: "+447700900107"}]
+rules:
+  - id: overdue-30
+    kind: payment_overdue
+    days_overdue: 30
+    channel: sms
+    recipients: [on_call]
+    escalation:
+      - {after_minutes: 10, channel: voice}
+      - {after_minutes: 20, to: next_recipient}
+      - {after_minutes: 40, to: admins}
+"""
+
+
+def test_an_escalation_policy_is_a_list_of_steps_and_says_what_it_does(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(POLICY)
+    config = load_rules(path)
+    [rule] = config.rules
+
+    assert [(s.after_minutes, s.channel, s.to) for s in rule.escalation.steps] == [
+        (10, "voice", None), (20, None, "next_recipient"), (40, None, "admins")]
+    assert [p.name for p in config.initial_recipients(rule)] == ["Sam"]  # a next_recipient step: a chain
+    assert [p.name for p in config.step_recipients(rule, rule.escalation.steps[1], 1)] == ["Jo"]
+    assert [p.name for p in config.step_recipients(rule, rule.escalation.steps[2], 2)] == ["Kim"]
+    described = config.describe_rule(rule)
+    assert "after 10 min unacknowledged: the same people by voice" in described
+    assert "after 40 min unacknowledged: group admins" in described
+    jsonschema.validate(yaml.safe_load(POLICY), json.loads((Path(__file__).parents[1] / "b1twilio_pipeline" /
+                                                             "alerts" / "rules.schema.json").read_text()))
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ("{after_minutes: 10, to: nobody}", "step 1: `to: nobody` is not a group or next_recipient"),
+    ("{after_minutes: 0, channel: voice}", "field 'escalation step 1.after_minutes'"),
+    ("{after_minutes: 5}", "says neither `channel` nor `to`"),
+    ("{after_minutes: 5, channel: voice, then: sms}", "field 'escalation step 1.then': unknown key"),
+])
+def test_a_wrong_escalation_step_is_one_line_naming_the_step(tmp_path: Path, step: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(POLICY.replace("      - {after_minutes: 10, channel: voice}", f"      - {step}"))
+    with pytest.raises(RulesConfigError) as raised:
+        load_rules(path)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

@@ -1,9 +1,10 @@
 """The notification plan: each new alert becomes one ledger row per recipient (recorded before anything is
-sent), with the quiet-hours hold already computed. The notification sensor launches the sending run for
-rows that are due."""
+sent), with the quiet-hours hold already computed, and one row per person of each step of the rule's
+escalation policy, due at its minutes. The notification sensor launches the sending run for rows that are
+due."""
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -11,7 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, alert_key
 from b1twilio_pipeline.alerts.resource import RulesResource
-from b1twilio_pipeline.alerts.rules import RULE_KINDS, Recipient, Rule
+from b1twilio_pipeline.alerts.rules import RULE_KINDS, Recipient, Rule, RulesConfig
+from b1twilio_pipeline.alerts.rules.base import NEXT_RECIPIENT
 from b1twilio_pipeline.alerts.store import AlertStore
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.errors import ConfigurationError
@@ -48,6 +50,24 @@ def plan_for(rule: Rule, recipients: Sequence[Recipient], alert_id: str, documen
     ]
 
 
+def policy_steps(config: RulesConfig, rule: Rule, first: Sequence[PlannedNotification],
+                 fields: dict[str, Any]) -> list[PlannedNotification]:
+    """The rows of the rule's escalation policy, planned with the first notice: each step its minutes after
+    that notice goes out (quiet hours may hold it), pointing back at it, so an acknowledgement before then
+    makes the sender skip the step (`send.Sender`) instead of anyone deciding later."""
+    if not first or not rule.escalation.steps:
+        return []
+    start, head = max(row.not_before for row in first), first[0]
+    notified = len(first)  # of a chain: its head; a next_recipient step takes the one after
+    rows: list[PlannedNotification] = []
+    for step in rule.escalation.steps:
+        people = config.step_recipients(rule, step, notified)
+        notified += 1 if step.to == NEXT_RECIPIENT else 0
+        rows += plan_for(rule, people, head.alert_id, head.document, fields, step.channel or rule.first_channel,
+                         start + timedelta(minutes=step.after_minutes), escalation_of=head.notification_id)
+    return rows
+
+
 @dg.asset(
     key=NOTIFICATION_PLAN_KEY,
     deps=[alert_key(kind) for kind in RULE_KINDS],
@@ -69,6 +89,7 @@ def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
             rows = [] if rule is None or not rule.enabled else plan_for(
                 rule, config.initial_recipients(rule), event.alert_id, event.document, event.fields,
                 rule.first_channel, now)
+            rows += [] if rule is None else policy_steps(config, rule, rows, event.fields)
             planned += ledger.plan(rows, alert_id=event.alert_id)
         except (ValueError, ConfigurationError, SQLAlchemyError) as error:
             # One alert that cannot be planned (a template that no longer fits its fields, a database

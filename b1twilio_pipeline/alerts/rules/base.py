@@ -10,13 +10,26 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from b1twilio_pipeline.alerts.quiet_hours import QuietHours
 from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fail
 from b1twilio_pipeline.alerts.rules.templates import check_template, render
 
 RULE_CHANNELS = ("sms", "voice", "sms_then_voice")
+NEXT_RECIPIENT = "next_recipient"
+MAX_STEP_MINUTES = 7 * 24 * 60
 # Fields of a marketing document (supplier and customer invoices, purchase orders) as B1 names them: what
 # the evaluators read and pass on.
 DOCUMENT_FIELDS: dict[str, type] = {
@@ -44,16 +57,58 @@ Channel = Annotated[Literal["sms", "voice", "sms_then_voice"], BeforeValidator(_
 RecipientNames = Annotated[tuple[str, ...], BeforeValidator(_recipient_names)]
 
 
+class EscalationStep(BaseModel):
+    """One step of an escalation policy: `after_minutes` after the first notice, while nobody has
+    acknowledged the alert, notify `to` (the same people when unset; `next_recipient`: the next person of
+    the rule's group, in order; or a recipients group by name) by `channel` (the rule's first channel when
+    unset). Quiet hours apply unless the rule is urgent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after_minutes: Annotated[int, Field(ge=1, le=MAX_STEP_MINUTES)]
+    channel: Literal["sms", "voice"] | None = None
+    to: str | None = Field(None, description="next_recipient, or a recipients group; default the same people")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> EscalationStep:
+        if self.channel is None and self.to is None:
+            raise fail("says neither `channel` nor `to`: write e.g. `channel: voice` (the same people by call) "
+                       "or `to: next_recipient`")
+        return self
+
+    def text(self) -> str:
+        who = {None: "the same people", NEXT_RECIPIENT: "the next in line"}.get(self.to, f"group {self.to}")
+        return f"after {self.after_minutes} min unacknowledged: {who}" + (f" by {self.channel}" if self.channel else "")
+
+
 class Escalation(BaseModel):
-    """What happens when delivery fails. `to_voice_after_failed_sms`: an SMS that ends undelivered or
-    failed is followed by a voice call (the same as channel `sms_then_voice`). `next_recipient`: the
-    rule's recipients form an on-call chain: only the first is notified, the next one when delivery fails
-    or the call is not answered."""
+    """What happens when delivery fails, and when nobody acknowledges.
+
+    Written as a mapping, the switches: `to_voice_after_failed_sms` (an SMS that ends undelivered or failed
+    is followed by a voice call, as channel `sms_then_voice`) and `next_recipient` (the rule's recipients
+    form an on-call chain: only the first is notified, the next one when delivery fails or the call is not
+    answered). Written as a list, a policy of timed steps (`EscalationStep`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     to_voice_after_failed_sms: Flag = False
     next_recipient: Flag = False
+    steps: tuple[EscalationStep, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        return {"steps": value} if isinstance(value, list) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """For editors: the mapping of switches, or the list of steps."""
+        return {"anyOf": [handler(schema), {"type": "array", "items": EscalationStep.model_json_schema()}]}
+
+    @property
+    def chain(self) -> bool:
+        """Only the first person is notified at first: the others are the on-call chain."""
+        return self.next_recipient or any(step.to == NEXT_RECIPIENT for step in self.steps)
 
 
 class Rule(BaseModel):
@@ -138,8 +193,11 @@ class Rule(BaseModel):
         raise NotImplementedError
 
     def parameters(self) -> dict[str, object]:
-        """The rule's parameters (those of its kind, and the on-call chain), for the rules table."""
-        return {"next_recipient": True} if self.escalation.next_recipient else {}
+        """The rule's parameters (those of its kind, the on-call chain, the escalation policy), for the
+        rules table."""
+        chain = {"next_recipient": True} if self.escalation.next_recipient else {}
+        steps = self.escalation.steps
+        return {**chain, **({"escalation": "; ".join(step.text() for step in steps)} if steps else {})}
 
     def channel_text(self) -> str:
         if self.escalates_to_voice:
@@ -153,9 +211,13 @@ class Rule(BaseModel):
         state = "" if self.enabled else " (disabled)"
         if self.escalation.next_recipient and len(people) > 1:
             who = f"{people[0]} by {self.channel_text()}; if that fails, the next in line: {', '.join(people[1:])}"
+        elif self.escalation.chain and len(people) > 1:
+            who = f"{people[0]} by {self.channel_text()} (then, in order: {', '.join(people[1:])})"
         else:
             who = f"{_and(people)} by {self.channel_text()}"
         text = f"{self.id}{state}: {self.trigger()} -> {who}"
+        if self.escalation.steps:
+            text += "; " + "; ".join(step.text() for step in self.escalation.steps)
         if self.quiet_hours is not None:
             text += f"; quiet hours {self.quiet_hours} ({self.timezone} unless the recipient has a zone)"
             text += ": SMS held" + (", calls ring anyway (urgent)" if self.urgent else ", calls deferred")

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from b1twilio_pipeline.alerts.rules.base import Rule
+from b1twilio_pipeline.alerts.rules.base import NEXT_RECIPIENT, EscalationStep, Rule
 from b1twilio_pipeline.alerts.rules.fields import GroupName, LocaleName, TimeZoneName
 from b1twilio_pipeline.alerts.rules.kinds import KINDS, RULE_KINDS
 from b1twilio_pipeline.alerts.rules.money import DEFAULT_LOCALE
@@ -83,9 +83,19 @@ class RulesConfig:
         return result
 
     def initial_recipients(self, rule: Rule) -> list[Recipient]:
-        """Who is notified first: everyone, or only the head of an on-call chain (`next_recipient`)."""
+        """Who is notified first: everyone, or only the head of an on-call chain (`next_recipient`, as a
+        switch or a policy step)."""
         everyone = self.recipients_for(rule)
-        return everyone[:1] if rule.escalation.next_recipient else everyone
+        return everyone[:1] if rule.escalation.chain else everyone
+
+    def step_recipients(self, rule: Rule, step: EscalationStep, chain_position: int) -> list[Recipient]:
+        """Who a policy step notifies; `chain_position` is how many people of the chain were notified
+        before it (a `next_recipient` step takes the one after them, nobody past the end)."""
+        if step.to is None:
+            return self.initial_recipients(rule)
+        if step.to == NEXT_RECIPIENT:
+            return self.recipients_for(rule)[chain_position:chain_position + 1]
+        return list(self.recipients.get(step.to, []))
 
     def next_recipient(self, rule: Rule, failed: Recipient) -> Recipient | None:
         """The chain's next person after `failed`, or None (end of chain, or the rule has no chain)."""

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from b1twilio_pipeline.alerts.rules.base import Escalation
+from b1twilio_pipeline.alerts.rules.base import NEXT_RECIPIENT, Escalation, EscalationStep
 from b1twilio_pipeline.alerts.rules.config import RulesConfig, RulesFile
 from b1twilio_pipeline.alerts.rules.fields import _RULE_ID
 from b1twilio_pipeline.alerts.rules.kinds import KIND_BY_NAME, KINDS, RULE_KINDS
@@ -144,6 +144,10 @@ def _check_across(parsed: RulesFile, groups: dict[str, list[Recipient]], label: 
         if rule.id in seen:
             raise RulesConfigError(f"{where}: field 'id': is used by another rule: ids must be unique")
         seen.add(rule.id)
+        for number, step in enumerate(rule.escalation.steps, start=1):
+            if step.to not in (None, NEXT_RECIPIENT, *groups):
+                raise RulesConfigError(f"{where}: field 'escalation': step {number}: `to: {step.to}` is not a group "
+                                       f"or next_recipient (groups: {', '.join(groups) or 'none'})")
         for name in rule.recipients:
             if name in groups:
                 continue
@@ -187,6 +191,9 @@ def _explain(error: ErrorDetails, data: dict[str, Any]) -> tuple[str | None, str
         rest = []  # the group's name itself
     if rest[:1] in (["escalation"], ["quiet_hours"]) and len(rest) == 2:
         model = Escalation if rest[0] == "escalation" else model
+    if rest[:2] == ["escalation", "steps"] and len(rest) >= 3 and isinstance(rest[2], int):
+        # A policy is written as a list: name its step as the reader counts, not pydantic's path.
+        model, rest = EscalationStep, [f"escalation step {rest[2] + 1}", *rest[3:]]
     field = ".".join(str(part) for part in rest) or None
     return where, field, _message(error, model, rest, data)
 
