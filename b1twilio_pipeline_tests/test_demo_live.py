@@ -450,3 +450,15 @@ def test_demo_alerts_within_the_minute_and_the_ui_shows_it(demo: DemoRun, tmp_pa
     backfill_runs = [run for run in runs(demo, pipelineName="snapshot_job") if "dagster/backfill" in tags_of(run)]
     assert backfill_runs, "the README's backfill launched no run"
 
+    # Acknowledged twice: by Jo's keypress during the on-call call, by Dana's SMS reply in the README: each
+    # becomes a receipt of its own in the B1 audit table.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        acknowledged = [row for row in admin(demo.sap_url, "udt/B1TW_AUDIT")["rows"]
+                        if row["U_Status"] == "acknowledged"]
+        if len({row["U_Channel"] for row in acknowledged}) == 2:
+            break
+        time.sleep(3)
+    assert sorted(row["U_Channel"] for row in acknowledged) == ["sms", "voice"], acknowledged
+    assert all(re.search(r"\+44\*+\d{3}", row["U_Recipient"]) for row in acknowledged), acknowledged
+
