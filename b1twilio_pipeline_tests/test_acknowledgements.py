@@ -50,9 +50,11 @@ def acking_factory(pipeline_factory: PipelineFactory) -> Iterator[Callable[..., 
         port = _free_port()
         public_url = f"http://127.0.0.1:{port}"
         pipeline = pipeline_factory(public_url=public_url, rules_text=rules_text)
+        pipeline.heard = []  # what the receiver reports to Dagster: each new acknowledgement once
+        inbound = Inbound(pipeline.database.engine, lambda: load_rules(pipeline.rules_file),
+                          lambda ack, n: pipeline.heard.append((ack.recipient_name, n.document)))
         app = create_app(auth_token=DEMO_AUTH_TOKEN, status_url=join(public_url, STATUS_PATH),
-                         sink=pipeline.delivery_log(), public_url=public_url,
-                         inbound=Inbound(pipeline.database.engine, lambda: load_rules(pipeline.rules_file)))
+                         sink=pipeline.delivery_log(), public_url=public_url, inbound=inbound)
         stops.append(start_background(app, port=port)[1])
         pipeline.twilio.set_sms_url(join(public_url, SMS_PATH))
         pipeline.public_url = public_url
@@ -97,6 +99,7 @@ def test_an_sms_reply_with_the_code_acknowledges_once_and_stops_the_escalation(a
     assert "Acknowledged: PurchaseOrders" in answer["twiml"] and "Thank you, Kim" in answer["twiml"]
     assert "Acknowledged: PurchaseOrders" in replay["twiml"]  # the same answer; recorded once (below)
     assert [(row.recipient_name, row.via) for row in _acks(acking)] == [("Kim", "sms-reply")]
+    assert [name for name, _document in acking.heard] == ["Kim"]  # the replay is not reported again
     assert acking.twilio.calls() == [] and runs == []
     receipts = [row for row in acking.sap.udt_rows("B1TW_AUDIT") if row["U_Status"] == "acknowledged"]
     assert len(receipts) == 1 and receipts[0]["U_MsgSid"] == sms["sid"]

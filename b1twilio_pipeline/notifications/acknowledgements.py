@@ -49,9 +49,9 @@ class Acknowledgements:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, n: Notification, *, via: str, via_sid: str, at: datetime) -> Acknowledgement:
-        """Acknowledge `n`'s alert as its recipient, unless someone already did; returns the one that
-        stands (compare its notification_id with `n`'s to tell)."""
+    def record(self, n: Notification, *, via: str, via_sid: str, at: datetime) -> tuple[Acknowledgement, bool]:
+        """Acknowledge `n`'s alert as its recipient, unless someone already did: (the acknowledgement that
+        stands, whether it is this one, new)."""
         with self.engine.begin() as conn:
             created = conn.execute(insert(conn, acknowledgements).values(
                 alert_id=n.alert_id, notification_id=n.notification_id, recipient=n.recipient,
@@ -64,7 +64,7 @@ class Acknowledgements:
                     received_at=at, reported=False, audited=False,
                 ).on_conflict_do_nothing(index_elements=[delivery_events.c.sid, delivery_events.c.status]))
             row = conn.execute(sa.select(acknowledgements).where(acknowledgements.c.alert_id == n.alert_id)).one()
-        return _acknowledgement(row)
+        return _acknowledgement(row), bool(created)
 
     def of_alerts(self, alert_ids: Sequence[str]) -> dict[str, Acknowledgement]:
         if not alert_ids:

@@ -38,10 +38,13 @@ NOTHING_OPEN = "There is no alert to acknowledge for this number."
 
 class Inbound:
     """Acknowledgements from SMS replies and keypresses against the ledger; `rules` is read per request,
-    so an edited rules file (a new phone number) applies at once."""
+    so an edited rules file (a new phone number) applies at once. `on_acknowledged` hears each new
+    acknowledgement once (a replay is not new)."""
 
-    def __init__(self, engine: Engine, rules: Callable[[], RulesConfig]) -> None:
+    def __init__(self, engine: Engine, rules: Callable[[], RulesConfig],
+                 on_acknowledged: Callable[[Acknowledgement, Notification], None] | None = None) -> None:
         self.ledger, self.acks, self.rules = Ledger(engine), Acknowledgements(engine), rules
+        self.on_acknowledged = on_acknowledged
 
     def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None:
         """The answer to an SMS from `sender`, or None when there must be none."""
@@ -58,7 +61,7 @@ class Inbound:
             return HELP
         if not chosen:
             return NOTHING_OPEN if text == "OK" or not open_alerts else f"No open alert has the code {text}. {HELP}"
-        return _confirmation(chosen[0], self.acks.record(chosen[0], via=VIA_SMS, via_sid=message_sid, at=utcnow()))
+        return self._acknowledge(chosen[0], VIA_SMS, message_sid)
 
     def _already_acknowledged(self, recipients: list[str], code: str) -> list[Notification]:
         """The person's notification with this code whose alert is acknowledged already: a repeated reply
@@ -73,8 +76,13 @@ class Inbound:
             return "This call is not known. Goodbye."
         if digits.strip() != "1":
             return "Not acknowledged. Goodbye."
-        ack = self.acks.record(n, via=VIA_KEYPRESS, via_sid=call_sid, at=utcnow())
-        return f"{_confirmation(n, ack)} Goodbye."
+        return f"{self._acknowledge(n, VIA_KEYPRESS, call_sid)} Goodbye."
+
+    def _acknowledge(self, n: Notification, via: str, via_sid: str) -> str:
+        ack, new = self.acks.record(n, via=via, via_sid=via_sid, at=utcnow())
+        if new and self.on_acknowledged is not None:
+            self.on_acknowledged(ack, n)
+        return _confirmation(n, ack)
 
     def _recipients_of(self, sender: str) -> list[str]:
         """The recipient keys whose phone is `sender`. A phone_ref whose secret is missing is skipped: that

@@ -43,7 +43,9 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from b1twilio_pipeline.core.phones import E164_PATTERN, mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError, current
+from b1twilio_pipeline.notifications.acknowledgements import Acknowledgement
 from b1twilio_pipeline.notifications.inbound import Inbound
+from b1twilio_pipeline.notifications.ledger import Notification
 from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, VOICE_PATH, join
 from b1twilio_pipeline.notifications.receiver_server import BannerServer, base_url, bound_socket
 from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
@@ -191,11 +193,10 @@ def create_app(
     on_change: Callable[[StatusEvent], None] | None = None,
     inbound: Inbound | None = None,
     public_url: str | None = None,
-    on_acknowledged: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The ASGI app: `POST /twilio/status` (signed status callbacks, checked against `status_url`) and
     `GET /healthz`; with `inbound` and the public base URL `public_url` also `POST /twilio/sms` (replies)
-    and `POST /twilio/voice` (keypresses). `on_acknowledged` hears each new acknowledgement's sentence."""
+    and `POST /twilio/voice` (keypresses)."""
     if not auth_token:
         raise ConfigurationError("the receiver needs TWILIO_AUTH_TOKEN to check Twilio's signatures")
     for url, name in ((status_url, "TWILIO_STATUS_CALLBACK_URL"), (public_url or "https://x", "B1TWILIO_PUBLIC_URL")):
@@ -238,8 +239,6 @@ def create_app(
         response = MessagingResponse()
         if answer:
             response.message(answer)
-            if answer.startswith("Acknowledged") and on_acknowledged is not None:
-                await run_in_threadpool(on_acknowledged, answer)
         return _twiml(response)
 
     async def voice(request: Request) -> Response:
@@ -253,8 +252,6 @@ def create_app(
             return PlainTextResponse(f"malformed keypress: {exc}", status_code=400)
         spoken = await run_in_threadpool(inbound.keypress, sid, form.get("Digits", "")[:8])
         log.info("keypress on %s: %s", sid, spoken)
-        if spoken.startswith("Acknowledged") and on_acknowledged is not None:
-            await run_in_threadpool(on_acknowledged, spoken)
         response = VoiceResponse()
         response.say(spoken)
         return _twiml(response)
@@ -268,7 +265,10 @@ def create_app(
     return Starlette(routes=routes)
 
 
-def dagster_reporter() -> tuple[Callable[[StatusEvent], None] | None, Callable[[str], None] | None]:
+Reporter = tuple[Callable[[StatusEvent], None] | None, Callable[[Acknowledgement, Notification], None] | None]
+
+
+def dagster_reporter() -> Reporter:
     """Report each status change and each acknowledgement to Dagster as an observation of the deliveries
     asset, when a Dagster instance is configured (DAGSTER_HOME); the delivery sensor then reconciles and
     audits them."""
@@ -287,9 +287,11 @@ def dagster_reporter() -> tuple[Callable[[StatusEvent], None] | None, Callable[[
             metadata={"sid": event.sid, "status": event.status, "channel": event.channel,
                       "error_code": event.error_code or 0, "source": event.source}))
 
-    def acknowledged(sentence: str) -> None:
+    def acknowledged(ack: Acknowledgement, n: Notification) -> None:
         instance.report_runless_asset_event(dg.AssetObservation(
-            asset_key=DELIVERIES_KEY, description=sentence, metadata={"acknowledged": sentence}))
+            asset_key=DELIVERIES_KEY, description=f"{n.document} acknowledged by {ack.who} ({ack.via})",
+            metadata={"acknowledged_by": ack.who, "via": ack.via, "rule": n.rule_id, "document": n.document,
+                      "sid": n.sid or "", "status": "acknowledged"}))
 
     return report, acknowledged
 
@@ -315,8 +317,8 @@ def receiver_command(args: argparse.Namespace) -> int:
     on_change, on_acknowledged = dagster_reporter()
     try:
         app = create_app(auth_token=auth_token, status_url=status_url, sink=DeliveryLog(engine), on_change=on_change,
-                         inbound=Inbound(engine, lambda: load_rules(configured.b1twilio_config)),
-                         public_url=public_url, on_acknowledged=on_acknowledged)
+                         inbound=Inbound(engine, lambda: load_rules(configured.b1twilio_config), on_acknowledged),
+                         public_url=public_url)
     except ConfigurationError:
         sock.close()
         raise
