@@ -19,12 +19,13 @@ import sqlalchemy as sa
 
 from b1twilio_pipeline.alerts.rules import load_rules
 from b1twilio_pipeline.core.phones import mask_phone
-from b1twilio_pipeline.core.schema import acknowledgements
+from b1twilio_pipeline.core.schema import acknowledgements, alert_events, digest_items
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
 from b1twilio_pipeline.notifications.inbound import Inbound
 from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, VOICE_PATH, join
 from b1twilio_pipeline.notifications.receiver import MAX_BODY_BYTES, create_app
 from b1twilio_pipeline.notifications.receiver_server import start_background
+from b1twilio_pipeline.notifications.sms_length import segments
 from b1twilio_pipeline_tests.fixtures_pipeline import Pipeline, PipelineFactory
 from b1twilio_sim.twilio import DEMO_AUTH_TOKEN
 
@@ -293,3 +294,44 @@ def test_an_acknowledged_alert_stops_climbing(acking_factory: Callable[..., Pipe
     assert [m["to"] for m in pipeline.twilio.messages() if m["direction"] == "outbound-api"] == [ADA]
     assert pipeline.twilio.calls() == []
     assert sorted(n["outcome"] for n in pipeline.notifications(runs)) == ["skipped", "skipped"]
+
+
+DIGEST_RULES = """
+timezone: UTC
+recipients:
+  ap_team:
+    - {name: Dana, phone: "+15005550101"}
+rules:
+  - id: ap-digest
+    kind: purchase_invoice_received
+    channel: sms
+    recipients: [ap_team]
+    template: "{DocNum} {CardName} {DocTotal:,.2f} {DocCurrency}"
+    digest: {every_minutes: 30, max_items: 5}
+"""
+DANA = "+15005550101"
+
+
+def test_thirty_alerts_make_one_digest_sms_that_one_code_acknowledges(
+        acking_factory: Callable[..., Pipeline]) -> None:
+    pipeline = acking_factory(rules_text=DIGEST_RULES)
+    numbers = [pipeline.sap.add_document("PurchaseInvoices", {
+        "CardCode": "V10000", "CardName": "Acme Components GmbH",
+        "DocumentLines": [{"ItemCode": "A001", "Quantity": 1, "Price": 10 + i}]})["DocNum"] for i in range(30)]
+    early = pipeline.flow()  # gathered, not sent: the digest is due 30 minutes after its first alert
+    _minutes_pass(pipeline, 30)
+    pipeline.notify()
+    [sms] = pipeline.twilio.messages()
+    answer = pipeline.twilio.reply(DANA, sms["body"].rsplit("Reply ", 1)[1].split()[0])
+
+    assert early == [] and sms["to"] == DANA
+    assert sms["body"].startswith("30 alerts (ap-digest): ") and "; and 25 more. Reply " in sms["body"]
+    listed_lines = sms["body"].split(": ", 1)[1].split("; and ")[0].split("; ")
+    assert len(listed_lines) == 5 and len({int(line.split()[0]) for line in listed_lines} & set(numbers)) == 5
+    assert segments(sms["body"]) <= 3
+    with pipeline.database.engine.connect() as conn:  # every document accounted for, and acknowledged
+        listed = conn.scalar(sa.select(sa.func.count()).select_from(digest_items))
+        unplanned = conn.scalar(sa.select(sa.func.count()).select_from(alert_events)
+                                .where(alert_events.c.planned.is_(False)))
+    assert listed == 30 and unplanned == 0
+    assert "Acknowledged: digest of ap-digest" in answer["twiml"] and len(_acks(pipeline)) == 30

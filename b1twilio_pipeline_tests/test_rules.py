@@ -794,3 +794,29 @@ def test_a_wrong_escalation_step_is_one_line_naming_the_step(tmp_path: Path, ste
     with pytest.raises(RulesConfigError) as raised:
         load_rules(path)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+PLAIN = POLICY.split("    escalation:")[0]
+
+
+@pytest.mark.parametrize(("digest", "message"), [
+    ('{every_minutes: 30, at: "08:30"}', "needs exactly one of `every_minutes`"),
+    ("{max_items: 5}", "needs exactly one of `every_minutes`"),
+    ("{every_minutes: 0}", "field 'digest.every_minutes'"),
+])
+def test_a_wrong_digest_is_one_line(tmp_path: Path, digest: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(PLAIN + f"    digest: {digest}\n")
+    with pytest.raises(RulesConfigError) as raised:
+        load_rules(path)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_digest_reads_as_what_it_does_and_fits_only_sms(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(PLAIN + '    digest: {at: "08:30", max_items: 10}\n')
+    [rule] = load_rules(path).rules
+    assert "one digest SMS daily at 08:30 (up to 10 documents listed)" in rule.describe()
+    path.write_text(PLAIN.replace("channel: sms", "channel: voice") + "    digest: {every_minutes: 30}\n")
+    with pytest.raises(RulesConfigError, match="the rule's channel must be sms"):
+        load_rules(path)

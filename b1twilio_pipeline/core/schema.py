@@ -80,6 +80,7 @@ notifications = sa.Table(
     sa.Column("final_at", sa.DateTime(timezone=True)),
     sa.Column("escalation_of", sa.String(250)),
     sa.Column("escalated", sa.Boolean, nullable=False, default=False),
+    sa.Column("digest", sa.Boolean, nullable=False, server_default=sa.false()),  # gathers several alerts
     sa.Column("run_id", sa.String(64)),
     # The state machine (see `ledger`): claims so far, failed attempts, when the row is next due, the
     # worker holding it and until when, and since when an attempt may have reached Twilio unrecorded.
@@ -133,4 +134,14 @@ acknowledgements = sa.Table(
     sa.Column("via", sa.String(12), nullable=False),  # sms-reply | keypress
     sa.Column("via_sid", sa.String(40), nullable=False),  # the inbound message or the call
     sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The alerts a digest notification lists, in the order they joined it.
+digest_items = sa.Table(
+    "b1tw_digest_items",
+    metadata,
+    sa.Column("notification_id", sa.String(250), primary_key=True),
+    sa.Column("alert_id", sa.String(200), primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
 )

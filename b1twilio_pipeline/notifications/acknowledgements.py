@@ -18,7 +18,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from b1twilio_pipeline.core.schema import acknowledgements, delivery_events
+from b1twilio_pipeline.core.schema import acknowledgements, delivery_events, digest_items
 from b1twilio_pipeline.core.sql import aware, insert
 from b1twilio_pipeline.notifications.ledger import Notification
 
@@ -53,18 +53,23 @@ class Acknowledgements:
         """Acknowledge `n`'s alert as its recipient, unless someone already did: (the acknowledgement that
         stands, whether it is this one, new)."""
         with self.engine.begin() as conn:
-            created = conn.execute(insert(conn, acknowledgements).values(
-                alert_id=n.alert_id, notification_id=n.notification_id, recipient=n.recipient,
-                recipient_name=n.recipient_name, recipient_masked=n.recipient_masked, via=via, via_sid=via_sid,
-                acknowledged_at=at,
-            ).on_conflict_do_nothing(index_elements=[acknowledgements.c.alert_id])).rowcount
+            # A digest lists several alerts: its one code acknowledges each of them.
+            listed = conn.scalars(sa.select(digest_items.c.alert_id)
+                                  .where(digest_items.c.notification_id == n.notification_id)).all()
+            created = 0
+            for alert_id in dict.fromkeys([n.alert_id, *listed]):
+                created += conn.execute(insert(conn, acknowledgements).values(
+                    alert_id=alert_id, notification_id=n.notification_id, recipient=n.recipient,
+                    recipient_name=n.recipient_name, recipient_masked=n.recipient_masked, via=via, via_sid=via_sid,
+                    acknowledged_at=at,
+                ).on_conflict_do_nothing(index_elements=[acknowledgements.c.alert_id])).rowcount or 0
             if created and n.sid:
                 conn.execute(insert(conn, delivery_events).values(
                     sid=n.sid, status=ACKNOWLEDGED, channel=n.channel, error_code=None, source=via,
                     received_at=at, reported=False, audited=False,
                 ).on_conflict_do_nothing(index_elements=[delivery_events.c.sid, delivery_events.c.status]))
             row = conn.execute(sa.select(acknowledgements).where(acknowledgements.c.alert_id == n.alert_id)).one()
-        return _acknowledgement(row), bool(created)
+        return _acknowledgement(row), created > 0
 
     def of_alerts(self, alert_ids: Sequence[str]) -> dict[str, Acknowledgement]:
         if not alert_ids:

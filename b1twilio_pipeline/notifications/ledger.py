@@ -148,7 +148,7 @@ class Ledger:
         """Insert planned notifications (existing ids are left alone) and, in the same transaction, mark
         their alert as planned, so a crash never plans an alert half or twice. Returns how many were new."""
         with self.engine.begin() as conn:
-            new = self._insert_planned(conn, planned)
+            new = self.insert_planned(conn, planned)
             if alert_id is not None:
                 conn.execute(sa.update(alert_events).where(alert_events.c.alert_id == alert_id)
                              .values(planned=True, plan_error=None))
@@ -161,15 +161,16 @@ class Ledger:
             claimed = conn.execute(sa.update(notifications).where(
                 notifications.c.notification_id == notification_id, notifications.c.escalated.is_(False))
                 .values(escalated=True, updated_at=utcnow())).rowcount
-            return self._insert_planned(conn, planned) if claimed else 0
+            return self.insert_planned(conn, planned) if claimed else 0
 
-    def _insert_planned(self, conn: Connection, planned: Sequence[PlannedNotification]) -> int:
+    def insert_planned(self, conn: Connection, planned: Sequence[PlannedNotification], *, digest: bool = False) -> int:
+        """Insert rows in the caller's transaction (existing ids are left alone); how many were new."""
         now = utcnow()
         new = 0
         for p in planned:
             stmt = insert(conn, notifications).values(
                 **asdict(p), ref=self._free_ref(conn, p), status=PLANNED, created_at=now, updated_at=now,
-                next_attempt_at=p.not_before, escalated=False, attempts=0, failures=0,
+                next_attempt_at=p.not_before, escalated=False, attempts=0, failures=0, digest=digest,
             ).on_conflict_do_nothing(index_elements=[notifications.c.notification_id])
             new += conn.execute(stmt).rowcount or 0
         return new
@@ -306,7 +307,7 @@ class Ledger:
                 c.notification_id == notification_id, c.status == SENDING, c.lease_owner == owner)
                 .values(**values)).rowcount)
             if done:
-                self._insert_planned(conn, planned)
+                self.insert_planned(conn, planned)
         return done
 
     def alert_fields(self, alert_id: str) -> dict[str, Any]:

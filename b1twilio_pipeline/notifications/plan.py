@@ -20,6 +20,7 @@ from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.phones import mask_phone
 from b1twilio_pipeline.core.sql import utcnow
+from b1twilio_pipeline.notifications.digests import Digests
 from b1twilio_pipeline.notifications.ledger import Ledger, PlannedNotification, bounded_id
 
 NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
@@ -68,6 +69,19 @@ def policy_steps(config: RulesConfig, rule: Rule, first: Sequence[PlannedNotific
     return rows
 
 
+def gather(config: RulesConfig, rule: Rule, rows: Sequence[PlannedNotification], digests: Digests,
+           now: datetime) -> int:
+    """A digest rule's alert joins each person's open digest (or opens one, due after the rule's period or
+    at its time of day, held by quiet hours like any SMS); each row's text becomes a line of the digest."""
+    assert rule.digest is not None
+    for row in rows:
+        person = config.person(row.recipient)
+        until = rule.digest.until(now, rule.tz)
+        due = rule.hold_until(until, person.tz if person else None, "sms") or until
+        digests.add(row, until=due, max_items=rule.digest.max_items)
+    return len(rows)
+
+
 @dg.asset(
     key=NOTIFICATION_PLAN_KEY,
     deps=[alert_key(kind) for kind in RULE_KINDS],
@@ -89,6 +103,9 @@ def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
             rows = [] if rule is None or not rule.enabled else plan_for(
                 rule, config.initial_recipients(rule), event.alert_id, event.document, event.fields,
                 rule.first_channel, now)
+            if rule is not None and rule.digest is not None:
+                planned += gather(config, rule, rows, Digests(database.engine), now)
+                continue
             rows += [] if rule is None else policy_steps(config, rule, rows, event.fields)
             planned += ledger.plan(rows, alert_id=event.alert_id)
         except (ValueError, ConfigurationError, SQLAlchemyError) as error:

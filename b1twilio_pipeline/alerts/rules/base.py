@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from b1twilio_pipeline.alerts.quiet_hours import QuietHours
+from b1twilio_pipeline.alerts.rules.digest import Digest
 from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fail
 from b1twilio_pipeline.alerts.rules.templates import check_template, render
 
@@ -134,6 +135,7 @@ class Rule(BaseModel):
     quiet_hours: QuietHours | None = None
     urgent: Flag = False
     escalation: Escalation = Escalation()
+    digest: Digest | None = None
 
     @field_validator("template")
     @classmethod
@@ -146,6 +148,17 @@ class Rule(BaseModel):
         if escalation.to_voice_after_failed_sms and info.data.get("channel") == "voice":
             raise fail("only applies when the channel sends SMS", field="to_voice_after_failed_sms")
         return escalation
+
+    @field_validator("digest")
+    @classmethod
+    def _digest_is_an_sms(cls, digest: Digest | None, info: ValidationInfo) -> Digest | None:
+        if digest is not None and info.data.get("channel") != "sms":
+            raise fail("gathers alerts into one SMS: the rule's channel must be sms")
+        escalation = info.data.get("escalation")
+        if digest is not None and escalation is not None and escalation.steps:
+            raise fail("and an escalation policy do not go together yet: a digest is one SMS for many alerts; "
+                       "use the switches (`escalation: {to_voice_after_failed_sms: true}`) or no digest")
+        return digest
 
     @property
     def tz(self) -> ZoneInfo:
@@ -218,6 +231,8 @@ class Rule(BaseModel):
         text = f"{self.id}{state}: {self.trigger()} -> {who}"
         if self.escalation.steps:
             text += "; " + "; ".join(step.text() for step in self.escalation.steps)
+        if self.digest is not None:
+            text += f"; {self.digest.text()}"
         if self.quiet_hours is not None:
             text += f"; quiet hours {self.quiet_hours} ({self.timezone} unless the recipient has a zone)"
             text += ": SMS held" + (", calls ring anyway (urgent)" if self.urgent else ", calls deferred")
