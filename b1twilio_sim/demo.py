@@ -53,7 +53,9 @@ COMPANY_TIMEZONE = "Europe/Berlin"  # the demo rules' time zone; the simulated B
 AUDIT_TABLE = "B1TW_AUDIT"
 # Sam never answers in the demo: overdue calls go unanswered, the delivery check warns, Jo is called next.
 UNANSWERED_NUMBER = "+447700900103"
-ACKNOWLEDGING_NUMBER = "+447700900104"  # Jo, next on call after Sam: answers and presses 1
+# The handsets the simulator plays: Jo (next on call after Sam) and Lee answer and press 1, Dana replies OK.
+HANDSETS = {UNANSWERED_NUMBER: {"call": "no-answer"}, "+447700900104": {"press": "1"},
+            "+447700900106": {"press": "1"}, "+447700900101": {"reply": "OK"}}
 UI_TIMEOUT_S = 180.0
 
 class DemoError(ConfigurationError):
@@ -273,7 +275,7 @@ def run_demo(options: DemoOptions) -> int:
         print(f"marked {canceled} run(s) left unfinished by the previous demo as canceled", flush=True)
     with stop_signals() as stopping:
         sims = start_simulators(creds, f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE, rules=RULES_FILE)
-        sims.twilio.set_rules({UNANSWERED_NUMBER: {"call": "no-answer"}, ACKNOWLEDGING_NUMBER: {"press": "1"}})
+        sims.twilio.set_rules(HANDSETS)
         dagster: DagsterProcess | None = None
         try:
             env = demo_environment(paths, creds, sims)
