@@ -820,3 +820,14 @@ def test_a_digest_reads_as_what_it_does_and_fits_only_sms(tmp_path: Path) -> Non
     path.write_text(PLAIN.replace("channel: sms", "channel: voice") + "    digest: {every_minutes: 30}\n")
     with pytest.raises(RulesConfigError, match="the rule's channel must be sms"):
         load_rules(path)
+
+
+def test_a_daily_digest_goes_out_at_its_next_time_of_day(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(PLAIN + '    digest: {at: "08:30"}\n')
+    [rule] = load_rules(path).rules
+    assert rule.digest is not None
+    berlin = ZoneInfo("Europe/Berlin")
+    before, after = datetime(2026, 11, 25, 6, 0, tzinfo=UTC), datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    assert rule.digest.until(before, berlin) == datetime(2026, 11, 25, 8, 30, tzinfo=berlin)
+    assert rule.digest.until(after, berlin) == datetime(2026, 11, 26, 8, 30, tzinfo=berlin)
