@@ -199,7 +199,8 @@ def create_app(
     and `POST /twilio/voice` (keypresses)."""
     if not auth_token:
         raise ConfigurationError("the receiver needs TWILIO_AUTH_TOKEN to check Twilio's signatures")
-    for url, name in ((status_url, "TWILIO_STATUS_CALLBACK_URL"), (public_url or "https://x", "B1TWILIO_PUBLIC_URL")):
+    urls = {"TWILIO_STATUS_CALLBACK_URL": status_url, **({"B1TWILIO_PUBLIC_URL": public_url} if public_url else {})}
+    for name, url in urls.items():
         if urlsplit(url).scheme not in ("http", "https"):
             raise ConfigurationError(f"{name} {url!r} is not an http(s) URL: set the public URL Twilio calls, "
                                      "e.g. https://alerts.example.com")
