@@ -74,9 +74,3 @@ class Digests:
                          document=f"digest of {item.rule_id}", not_before=until, escalation_of=None)
         Ledger(self.engine).insert_planned(conn, [digest], digest=True)
         return digest.notification_id
-
-    def alerts_of(self, notification_id: str) -> list[str]:
-        """The alerts a digest lists (none for an ordinary notification)."""
-        with self.engine.connect() as conn:
-            return list(conn.scalars(sa.select(digest_items.c.alert_id)
-                                     .where(digest_items.c.notification_id == notification_id)))

@@ -76,17 +76,19 @@ def would_send(rules: RulesConfig, snapshots: SnapshotStore, scratch: Engine,
     for event in alerts.unplanned():
         rule = rules.find_rule(event.rule_id)
         if rule is not None:
+            # A digest rule's alert goes out with the digest: listed here one by one, at the digest's time.
+            at = rule.digest.until(moment, rule.tz) if rule.digest is not None else moment
             planned += plan_for(rule, rules.initial_recipients(rule), event.alert_id, event.document,
-                                event.fields, rule.first_channel, moment)
+                                event.fields, rule.first_channel, at)
     return sorted(planned, key=lambda n: (n.not_before, n.rule_id, n.document, n.recipient_name))
 
 
 def preview_rows(planned: list[PlannedNotification], now: datetime, timezone: str) -> list[dict[str, str]]:
-    """One row per notification for a table: when (in the rules' time zone), rule, document, to, channel,
-    message."""
+    """One row per notification for a table: when (now, or in the rules' time zone the time quiet hours or
+    a digest hold it until), rule, document, to, channel, message."""
     zone = ZoneInfo(timezone)
     return [{
-        "when": "now" if n.not_before <= now else f"{n.not_before.astimezone(zone):%Y-%m-%d %H:%M} (quiet hours)",
+        "when": "now" if n.not_before <= now else f"{n.not_before.astimezone(zone):%Y-%m-%d %H:%M}",
         "rule": n.rule_id, "document": n.document, "to": f"{n.recipient_name} {n.recipient_masked}",
         "channel": n.channel, "message": n.body,
     } for n in planned]
