@@ -17,6 +17,7 @@ from b1twilio_pipeline.core.schema import notifications
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.ledger import FAILED, PLANNED, PlannedNotification
+from b1twilio_pipeline.notifications.ledger_reads import LedgerReads
 from b1twilio_pipeline.notifications.send import Sender
 from b1twilio_pipeline_tests.fixtures_pipeline import TEST_RULES, Pipeline, PipelineFactory
 
@@ -127,7 +128,8 @@ def test_after_the_attempt_limit_it_is_failed_visible_and_the_admins_are_told(
     assert not _sms_to(pipeline, DANA) and not _sms_to(pipeline, RAY)
     checks = {c.check_name: c.passed for c in pipeline.deliveries().get_asset_check_evaluations()}
     assert checks["no_failed_notifications"] is False
-    assert {n.status for n in pipeline.ledger().unresolved_failures(utcnow() - timedelta(hours=1))} == {FAILED}
+    failed = LedgerReads(pipeline.database.engine).unresolved_failures(utcnow() - timedelta(hours=1))
+    assert {n.status for n in failed} == {FAILED}
 
 
 def test_permanent_rejection_fails_at_once_and_tells_the_admins(pipeline_factory: PipelineFactory) -> None:
@@ -195,7 +197,7 @@ def test_rows_committed_out_of_order_are_all_picked_up(pipeline: Pipeline) -> No
 
     slow = pipeline.database.engine.connect()
     transaction = slow.begin()
-    ledger._insert_planned(slow, [planned(1)])  # takes the lower sequence number, commits last
+    ledger.insert_planned(slow, [planned(1)])  # takes the lower sequence number, commits last
     ledger.plan([planned(2)])
     pipeline.notify()
     transaction.commit()

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from b1twilio_pipeline.notifications.acknowledgements import Acknowledgement, Acknowledgements
-from b1twilio_pipeline.notifications.ledger import Ledger, Notification
+from b1twilio_pipeline.notifications.ledger import Notification
+from b1twilio_pipeline.notifications.ledger_reads import LedgerReads
 
 WINDOW = timedelta(hours=24)
 MAX_ROWS = 200
@@ -46,9 +47,9 @@ def _record(n: Notification, ack: Acknowledgement | None) -> dg.TableRecord:
     })
 
 
-def audit_table(ledger: Ledger, now: datetime) -> dg.TableMetadataValue:
+def audit_table(reads: LedgerReads, now: datetime) -> dg.TableMetadataValue:
     """The last `WINDOW` of notifications (at most `MAX_ROWS`), newest first."""
     schema = dg.TableSchema(columns=[dg.TableColumn(name, "string", description=text) for name, text in COLUMNS])
-    shown = ledger.recent(now - WINDOW, MAX_ROWS)
-    acks = Acknowledgements(ledger.engine).of_alerts([n.alert_id for n in shown])
+    shown = reads.recent(now - WINDOW, MAX_ROWS)
+    acks = Acknowledgements(reads.engine).of_alerts([n.alert_id for n in shown])
     return dg.MetadataValue.table([_record(n, acks.get(n.alert_id)) for n in shown], schema=schema)

@@ -27,6 +27,7 @@ from b1twilio_pipeline.notifications.delivery_checks import (
 )
 from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger, Notification
+from b1twilio_pipeline.notifications.ledger_reads import LedgerReads
 from b1twilio_pipeline.notifications.plan import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.statuses import StatusEvent, is_exception, is_final
@@ -132,7 +133,7 @@ def _event_rows(events: Sequence[DeliveryEvent],
 )
 def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
                             database: DatabaseResource) -> dg.MaterializeResult:
-    ledger, deliveries = Ledger(database.engine), DeliveryLog(database.engine)
+    ledger, deliveries, reads = Ledger(database.engine), DeliveryLog(database.engine), LedgerReads(database.engine)
     polled = _poll(twilio, deliveries, context.log)
     events = deliveries.unreported()
     notifications = _notifications_of(ledger, events)
@@ -144,10 +145,10 @@ def notification_deliveries(context: dg.AssetExecutionContext, rules: RulesResou
     final = sum(1 for e in events if is_final(e.channel, e.status))
     return dg.MaterializeResult(
         metadata={
-            "who_was_told_what": audit_table(ledger, utcnow()),
+            "who_was_told_what": audit_table(reads, utcnow()),
             "statuses_reported": len(events), "final_statuses": final, "changed_by_polling": polled,
             "delivery_exceptions": len(exceptions), "escalations_planned": escalations,
             "statuses": dg.MetadataValue.md(markdown_table(rows, empty="No new delivery statuses.")),
         },
-        check_results=[exception_check(ledger, utcnow()), failed_check(ledger, utcnow())],
+        check_results=[exception_check(reads, utcnow()), failed_check(reads, utcnow())],
     )

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from b1twilio_pipeline.core.markdown import markdown_table
-from b1twilio_pipeline.notifications.ledger import Ledger, Notification
+from b1twilio_pipeline.notifications.ledger import Notification
+from b1twilio_pipeline.notifications.ledger_reads import LedgerReads
 
 EXCEPTION_CHECK = "no_delivery_exceptions"
 FAILED_CHECK = "no_failed_notifications"
@@ -30,16 +31,16 @@ def _rows(found: list[Notification], why: str) -> list[dict[str, str]]:
              "channel": n.channel, "status": n.status, why: str(getattr(n, why) or "")} for n in found]
 
 
-def exception_check(ledger: Ledger, now: datetime) -> dg.AssetCheckResult:
-    found = ledger.unresolved_exceptions(since=now - WINDOW)
+def exception_check(reads: LedgerReads, now: datetime) -> dg.AssetCheckResult:
+    found = reads.unresolved_exceptions(since=now - WINDOW)
     return dg.AssetCheckResult(
         check_name=EXCEPTION_CHECK, passed=not found, severity=dg.AssetCheckSeverity.WARN,
         metadata={"unresolved_exceptions": len(found),
                   "exceptions": dg.MetadataValue.md(markdown_table(_rows(found, "error_code"), empty="None."))})
 
 
-def failed_check(ledger: Ledger, now: datetime) -> dg.AssetCheckResult:
-    failed = ledger.unresolved_failures(since=now - WINDOW)
+def failed_check(reads: LedgerReads, now: datetime) -> dg.AssetCheckResult:
+    failed = reads.unresolved_failures(since=now - WINDOW)
     return dg.AssetCheckResult(
         check_name=FAILED_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"failed_or_in_review": len(failed),

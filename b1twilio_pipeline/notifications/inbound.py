@@ -27,6 +27,7 @@ from b1twilio_pipeline.notifications.acknowledgements import (
     Acknowledgements,
 )
 from b1twilio_pipeline.notifications.ledger import Ledger, Notification
+from b1twilio_pipeline.notifications.ledger_reads import LedgerReads
 
 # Twilio answers these itself (opt-out and help handling); a reply of ours would be noise or is dropped.
 TWILIO_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "START", "YES",
@@ -43,7 +44,8 @@ class Inbound:
 
     def __init__(self, engine: Engine, rules: Callable[[], RulesConfig],
                  on_acknowledged: Callable[[Acknowledgement, Notification], None] | None = None) -> None:
-        self.ledger, self.acks, self.rules = Ledger(engine), Acknowledgements(engine), rules
+        self.ledger, self.reads, self.acks = Ledger(engine), LedgerReads(engine), Acknowledgements(engine)
+        self.rules = rules
         self.on_acknowledged = on_acknowledged
 
     def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None:
@@ -52,7 +54,7 @@ class Inbound:
         if text in TWILIO_KEYWORDS:
             return None
         recipients = self._recipients_of(sender)
-        open_alerts = self.ledger.awaiting_acknowledgement(recipients, utcnow())
+        open_alerts = self.reads.awaiting_acknowledgement(recipients, utcnow())
         if text == "OK":
             chosen = open_alerts[:1]
         elif _CODE.fullmatch(text):

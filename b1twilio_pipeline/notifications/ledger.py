@@ -31,10 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from b1twilio_pipeline.core import settings
-from b1twilio_pipeline.core.schema import acknowledgements, alert_events, delivery_events, notifications
+from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 from b1twilio_pipeline.notifications.delivery_log import advance, delivery_event
-from b1twilio_pipeline.notifications.statuses import DELIVERY_CHANNELS, EXCEPTIONS, REACHED
 
 PLANNED, SENDING, FAILED, REVIEW = "planned", "sending", "failed", "review"
 # Final statuses and read receipts: each is written to the B1 audit table once.
@@ -115,7 +114,8 @@ _TIMESTAMPS = ("not_before", "created_at", "attempt_started_at", "sent_at", "fin
                "lease_until", "ambiguous_since")
 
 
-def _notification(row: Any) -> Notification:
+def notification_from(row: Any) -> Notification:
+    """A row of the notifications table as a Notification (timestamps aware)."""
     values = {f.name: getattr(row, f.name) for f in fields(Notification)}
     values.update({name: aware(values[name]) for name in _TIMESTAMPS}, escalated=bool(row.escalated))
     return Notification(**values)
@@ -196,7 +196,7 @@ class Ledger:
             sa.and_(c.status == SENDING, sa.or_(c.lease_until.is_(None), c.lease_until < now)),
         )).order_by(c.next_attempt_at, c.seq).limit(limit))
         with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query)]
+            return [notification_from(r) for r in conn.execute(query)]
 
     def get(self, notification_id: str) -> Notification | None:
         return self._one(notifications.c.notification_id == notification_id)
@@ -211,7 +211,7 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(notifications).where(condition)
                                .order_by(notifications.c.seq.desc()).limit(1)).first()
-        return _notification(row) if row else None
+        return notification_from(row) if row else None
 
     def sid_owner(self, sid: str) -> str | None:
         """The notification that recorded `sid`, if any: crash recovery never adopts someone else's."""
@@ -321,58 +321,4 @@ class Ledger:
         query = (sa.select(notifications).where(c.final_at.is_not(None), c.escalated.is_(False))
                  .order_by(c.seq).limit(limit))
         with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query)]
-
-    def unresolved_failures(self, since: datetime) -> list[Notification]:
-        """Notifications failed for good or waiting for review, decided since `since`."""
-        c = notifications.c
-        query = (sa.select(notifications).where(c.status.in_((FAILED, REVIEW)), c.sid.is_(None),
-                                                c.final_at >= since).order_by(c.seq))
-        with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query)]
-
-    def awaiting_acknowledgement(self, recipients: Sequence[str], now: datetime) -> list[Notification]:
-        """Notifications sent to these recipients within ACK_WINDOW whose alert nobody acknowledged yet,
-        newest first: what a reply from their phone can acknowledge."""
-        c = notifications.c
-        acked = sa.exists().where(acknowledgements.c.alert_id == c.alert_id)
-        query = (sa.select(notifications).where(c.recipient.in_(list(recipients)), c.sid.is_not(None),
-                                                c.sent_at >= now - ACK_WINDOW, ~acked)
-                 .order_by(c.sent_at.desc(), c.seq.desc()))
-        with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query)]
-
-    def recent(self, since: datetime, limit: int = 200) -> list[Notification]:
-        """Notifications planned since `since`, newest first: the audit view's rows."""
-        c = notifications.c
-        query = sa.select(notifications).where(c.created_at >= since).order_by(c.seq.desc()).limit(limit)
-        with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query)]
-
-    def unresolved_exceptions(self, since: datetime) -> list[Notification]:
-        """Delivery exceptions (statuses.EXCEPTIONS) final since `since` that none of their escalations made up
-        for: no notification escalated from them (directly or down the on-call chain) reached its person.
-        Another recipient of the same alert being reached does not count: each person was to be told."""
-        c = notifications.c
-        query = (sa.select(notifications).where(c.sid.is_not(None), c.final_at >= since,
-                                                _any_status(notifications, EXCEPTIONS)).order_by(c.seq))
-        with self.engine.connect() as conn:
-            found = [_notification(r) for r in conn.execute(query)]
-            if not found:
-                return []
-            family = conn.execute(sa.select(c.notification_id, c.escalation_of, _any_status(notifications, REACHED))
-                                  .where(c.alert_id.in_(sorted({n.alert_id for n in found})))).all()
-        parent = {row[0]: row[1] for row in family}
-        made_up: set[str] = set()
-        for notification_id, _, reached in family:
-            ancestor = parent.get(notification_id) if reached else None
-            while ancestor is not None and ancestor not in made_up:
-                made_up.add(ancestor)
-                ancestor = parent.get(ancestor)
-        return [n for n in found if n.notification_id not in made_up]
-
-
-def _any_status(table: sa.FromClause, statuses: dict[str, frozenset[str]]) -> sa.ColumnElement[bool]:
-    """The row's status is one of `statuses` for its channel."""
-    return sa.or_(*(sa.and_(table.c.channel == channel, table.c.status.in_(sorted(statuses[channel])))
-                    for channel in DELIVERY_CHANNELS))
+            return [notification_from(r) for r in conn.execute(query)]
