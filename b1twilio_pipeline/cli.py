@@ -12,6 +12,7 @@
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio windows [--last N]                   the latest snapshot windows' partition keys, to backfill
     b1twilio receiver [--host H] [--port N] [--public-url URL]   what Twilio calls: statuses, replies, keys
+    b1twilio watchdog [--stale-minutes N]         text the admins once when the daemon stops ticking
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
 Exit status: 0 done; 2 bad configuration or input (a rules file, a setting, a secret, a database URL, B1
@@ -43,6 +44,7 @@ DELEGATED = {
     "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
     "receiver": ("b1twilio_pipeline.notifications.receiver", "receiver_command"),
     "preview": ("b1twilio_pipeline.notifications.preview", "preview_command"),
+    "watchdog": ("b1twilio_pipeline.notifications.watchdog", "watchdog_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -145,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     dry_run.add_argument("--since", type=_day, help="documents changed since YYYY-MM-DD (default: 3 days ago)")
     dry_run.add_argument("--offline", action="store_true", help="evaluate the snapshot store, do not ask B1")
     dry_run.set_defaults(handler=_delegate("preview"))
+    watchdog = commands.add_parser("watchdog", help="text the admins once when the Dagster daemon stops ticking, "
+                                                    "and once when it runs again (run it from a timer)")
+    watchdog.add_argument("--stale-minutes", type=int, default=5,
+                          help="how old the heartbeat may be before the daemon counts as silent (default 5)")
+    watchdog.set_defaults(handler=_delegate("watchdog"))
     receiver = commands.add_parser("receiver", help="serve what Twilio calls: status callbacks, SMS replies and "
                                                     "keypresses (acknowledgements)")
     receiver.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -21,13 +21,16 @@ from b1twilio_pipeline.b1.entities import EntitySpec, snapshot_key
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core import milestones
 from b1twilio_pipeline.core.automation import RUNNING, TAG_PREFIX, runs_in_flight
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 
 WINDOW = f"{TAG_PREFIX}/window"
 CHANGE_JOB = "b1_change_job"
 RETRY_BUCKET_S = 300  # a change whose run failed is asked for again after at most this long
-QUIET_WINDOWS_PER_TICK = 96  # after a long stop the quiet windows are recorded a day per tick
+QUIET_WINDOWS_PER_TICK = 96
+# The daemon's sign of life, written by every tick of this sensor (`b1twilio watchdog` reads it).
+HEARTBEAT = "heartbeat"  # after a long stop the quiet windows are recorded a day per tick
 
 
 class _Cursor:
@@ -90,7 +93,9 @@ def build_change_sensor(polling: PollingSettings, partitions_def: dg.TimeWindowP
     def b1_change_sensor(context: dg.SensorEvaluationContext, sap: SapB1Resource,
                          database: DatabaseResource) -> dg.SensorResult:
         cursor = _Cursor.load(context.cursor)
-        session, snapshots, now = sap.probe_session(), SnapshotStore(database.engine), datetime.now(UTC)
+        now = datetime.now(UTC)
+        milestones.touch(database.engine, HEARTBEAT, now)  # before B1 is asked: the daemon ticks, whatever B1 says
+        session, snapshots = sap.probe_session(), SnapshotStore(database.engine)
         changes: list[Change] = []
         for spec in watched:
             if spec.by_doc_date:
