@@ -29,4 +29,5 @@ faults: install
 	B1TWILIO_FAULTS=full $(BIN)/pytest -m faults -s
 
 bench: install
+	$(BIN)/pytest -m bench
 	$(BIN)/python -m benchmarks

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks import daemon, incremental_poll, initial_sync
 from benchmarks.__main__ import main
 from benchmarks._session import DaemonOptions
@@ -49,6 +51,7 @@ def test_command_line_writes_a_markdown_report(tmp_path: Path) -> None:
     assert "Initial sync" not in text
 
 
+@pytest.mark.bench
 def test_daemon_benchmarks_measure_the_current_design_under_dagster_dev() -> None:
     """Idle, latency and a burst of 3 for the current design on SQLite, at the smallest sizes that still
     go through `dagster dev`, its daemon and the simulators (about 3 minutes: two deployments)."""
