@@ -9,6 +9,7 @@
     b1twilio rules-schema                         the JSON Schema of the rules file, for editors
     b1twilio preview [--rules F] [--since D] [--offline]   what a rules file would send now; sends nothing
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
+    b1twilio setup-b1-webhooks                    B1 posts its changes to the receiver (notifications.b1_webhook_setup)
     b1twilio db upgrade [--database-url URL]      migrate the store (b1twilio_pipeline.core.database)
     b1twilio windows [--last N]                   the latest snapshot windows' partition keys, to backfill
     b1twilio receiver [--host H] [--port N] [--public-url URL]   what Twilio calls: statuses, replies, keys
@@ -40,6 +41,7 @@ from b1twilio_pipeline.core.settings import ConfigurationError
 # secrets commands should not wait for. The function receives the parsed argparse.Namespace.
 DELEGATED = {
     "setup-b1-audit-table": ("b1twilio_pipeline.b1.audit_table", "setup_audit_table_command"),
+    "setup-b1-webhooks": ("b1twilio_pipeline.notifications.b1_webhook_setup", "setup_b1_webhooks_command"),
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
     "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
     "receiver": ("b1twilio_pipeline.notifications.receiver", "receiver_command"),
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"
     ).set_defaults(handler=_delegate("setup-b1-audit-table"))
+    commands.add_parser(
+        "setup-b1-webhooks", help="subscribe the receiver to B1's changes of what the rules watch (B1 10.0 FP 2602+; "
+                                  "idempotent)"
+    ).set_defaults(handler=_delegate("setup-b1-webhooks"))
     database = commands.add_parser("db", help="the pipeline's own database (snapshots, alerts, ledger)")
     db_actions = database.add_subparsers(dest="action", required=True, metavar="ACTION")
     upgrade = db_actions.add_parser("upgrade", help="migrate it to this release's schema (the services do "

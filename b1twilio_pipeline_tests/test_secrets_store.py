@@ -222,7 +222,8 @@ def test_a_bad_setting_is_one_line_naming_it_without_echoing_secrets(
         current()
     assert "TWILIO_ACCOUNT_SID='hunter2-not-a-sid' must look like AC followed by 32 hex digits" in str(bad_sid.value)
     assert "\n" not in str(bad_sid.value)
-    assert settings.Settings.names_of(SecretStr) == ("B1_PASSWORD", "TWILIO_AUTH_TOKEN", "TWILIO_API_SECRET")
+    assert settings.Settings.names_of(SecretStr) == ("B1_PASSWORD", "B1_WEBHOOK_PASSWORD", "TWILIO_AUTH_TOKEN",
+                                                     "TWILIO_API_SECRET")
 
 
 def test_decrypted_content_is_cached_per_file_version(

@@ -1,7 +1,9 @@
 """`b1twilio demo`: the quick start, everything on loopback in one process tree.
 
-This process serves the SAP B1 simulator (seeded), the Twilio simulator and the status-callback receiver
-from threads, and runs `dagster dev` as a child in its own process group, on a SQLite instance under
+This process serves the SAP B1 simulator (seeded), the Twilio simulator and the receiver (status
+callbacks, replies, keypresses, and B1's webhooks: the B1 simulator is subscribed to the receiver as
+`b1twilio setup-b1-webhooks` would do it, so a change reaches the pipeline in seconds) from threads, and
+runs `dagster dev` as a child in its own process group, on a SQLite instance under
 `<data-dir>/dagster_home` (never the production `dagster.yaml` at the repository root). Schedules and
 sensors default to running, so within about a minute, with nobody clicking, snapshots are materialized,
 notification runs text and call the demo recipients at the Twilio simulator, and delivery receipts land
@@ -250,7 +252,7 @@ def banner(dagster: DagsterProcess, sims: Simulators, paths: DemoPaths, elapsed:
         f"  runs          {dagster.url}/runs",
         f"Twilio simulator log:  {twilio}/_admin/messages   {twilio}/_admin/calls",
         f"B1 simulator:          {sims.sap.base_url}   audit table: {sap}/_admin/udt/{AUDIT_TABLE}",
-        f"Receiver:              {sims.public_url} (status callbacks, SMS replies, keypresses)",
+        f"Receiver:              {sims.public_url} (status callbacks, SMS replies, keypresses, B1 webhooks)",
         f"Data folder: {paths.root} (Dagster instance in dagster_home/, log in logs/dagster.log;",
         f"  `set -a; . {paths.env_file}; set +a` gives your shell the demo's settings for `dagster ...`)",
         "Within about a minute the snapshots, notification runs and receipts appear. Ctrl-C stops everything.",
@@ -274,7 +276,8 @@ def run_demo(options: DemoOptions) -> int:
     if canceled:
         print(f"marked {canceled} run(s) left unfinished by the previous demo as canceled", flush=True)
     with stop_signals() as stopping:
-        sims = start_simulators(creds, f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE, rules=RULES_FILE)
+        sims = start_simulators(creds, f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE, rules=RULES_FILE,
+                                webhooks=True)
         sims.twilio.set_rules(HANDSETS)
         dagster: DagsterProcess | None = None
         try:

@@ -1,9 +1,10 @@
 """The pipeline deployed on loopback against the simulators: what the demo, the fault suite and the
 benchmarks all start.
 
-This process serves the SAP B1 simulator, the Twilio simulator and the status-callback receiver from
-threads (so they outlive anything the fault suite kills), and runs Dagster as a child in its own process
-group: `dagster dev` (webserver, daemon, code server) or `dagster-daemon run` alone. Its instance lives
+This process serves the SAP B1 simulator, the Twilio simulator and the receiver (status callbacks, and
+on request SMS replies, keypresses and B1's webhooks) from threads (so they outlive anything the fault
+suite kills), and runs Dagster as a child in its own process group: `dagster dev` (webserver, daemon,
+code server) or `dagster-daemon run` alone. Its instance lives
 under the deployment's folder, on SQLite or on a PostgreSQL database; the PostgreSQL instance takes the
 production `dagster.yaml` of the repository (run queue, limits, monitoring) with only the storage replaced.
 """
@@ -37,6 +38,7 @@ FOREIGN_SETTINGS = (
     "TWILIO_VOICE_FROM_NUMBER", "TWILIO_REGION", "TWILIO_EDGE", "B1TWILIO_SECRET_KEY",
     "B1TWILIO_WINDOW_MINUTES", "B1TWILIO_STATE_REFRESH_MINUTES", "B1TWILIO_CHANGE_CHECK_SECONDS",
     "B1TWILIO_PARTITIONS_START", "B1TWILIO_TIMEZONE", "B1TWILIO_PUBLIC_URL", "TWILIO_STATUS_CALLBACK_URL",
+    "B1_WEBHOOK_USERNAME", "B1_WEBHOOK_PASSWORD",
 )
 
 SQLITE_INSTANCE = """\
@@ -129,6 +131,8 @@ class Credentials:
     password: str
     account_sid: str
     auth_token: str
+    webhook_username: str
+    webhook_password: str
 
     @classmethod
     def from_environment(cls) -> Credentials:
@@ -140,19 +144,23 @@ class Credentials:
             password=env.get("B1_PASSWORD") or "demo-" + secrets.token_hex(8),
             account_sid=env.get("TWILIO_ACCOUNT_SID") or "AC" + secrets.token_hex(16),
             auth_token=env.get("TWILIO_AUTH_TOKEN") or secrets.token_hex(16),
+            webhook_username=env.get("B1_WEBHOOK_USERNAME") or "b1-webhooks",
+            webhook_password=env.get("B1_WEBHOOK_PASSWORD") or secrets.token_hex(16),
         )
 
 
 @dataclass
 class Simulators:
     """The B1 and Twilio simulators and the receiver, served from this process. `public_url` is the
-    receiver's base URL ("" without one); `callback_url` its status callback URL."""
+    receiver's base URL ("" without one); `callback_url` its status callback URL; `webhook_url` where the B1
+    simulator posts its webhooks ("" when it posts none)."""
 
     sap: SapB1Simulator
     twilio: TwilioSimulator
     callback_url: str
     stops: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = ""
+    webhook_url: str = ""
 
     def stop(self) -> None:
         for stop in reversed(self.stops):
@@ -161,11 +169,13 @@ class Simulators:
 
 
 def start_simulators(creds: Credentials, database_url: str, *, timezone: str, seed: bool = True,
-                     status_delay_s: float = 1.0, receiver: bool = True, rules: Path | None = None) -> Simulators:
+                     status_delay_s: float = 1.0, receiver: bool = True, rules: Path | None = None,
+                     webhooks: bool = False) -> Simulators:
     """B1 and Twilio simulators, and (with `receiver`) the receiver writing to the store at `database_url`:
     status callbacks, and with the `rules` file also SMS replies and keypresses (the Twilio simulator's
-    number then sends its replies there). Without a receiver `callback_url` is "" and nothing touches that
-    store: statuses then come by polling, and another release's store (another schema) can be aimed at
+    number then sends its replies there) and, with `webhooks`, B1's webhooks: the B1 simulator is subscribed
+    as `b1twilio setup-b1-webhooks` would do it. Without a receiver `callback_url` is "" and nothing touches
+    that store: statuses then come by polling, and another release's store (another schema) can be aimed at
     these simulators."""
     sap = SapB1Simulator(HOST, 0, company_db=creds.company_db, username=creds.username,
                          password=creds.password, timezone=timezone, seed=seed).start_background()
@@ -174,12 +184,18 @@ def start_simulators(creds: Credentials, database_url: str, *, timezone: str, se
     sims = Simulators(sap, twilio, "", [sap.stop, twilio.stop])
     if not receiver:
         return sims
+    if webhooks and rules is None:
+        raise ValueError("B1 webhooks need the rules file: it says which entity sets to subscribe to")
     try:
         from b1twilio_pipeline.alerts.rules import load_rules
+        from b1twilio_pipeline.b1.client import SapB1Session
+        from b1twilio_pipeline.b1.webhook_inbox import WebhookInbox
         from b1twilio_pipeline.core.database import engine_for
+        from b1twilio_pipeline.notifications.b1_events import B1Events
+        from b1twilio_pipeline.notifications.b1_webhook_setup import setup_b1_webhooks
         from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
         from b1twilio_pipeline.notifications.inbound import Inbound
-        from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, join
+        from b1twilio_pipeline.notifications.public_urls import B1_EVENTS_PATH, SMS_PATH, STATUS_PATH, join
         from b1twilio_pipeline.notifications.receiver import create_app
         from b1twilio_pipeline.notifications.receiver_server import start_background
 
@@ -188,16 +204,25 @@ def start_simulators(creds: Credentials, database_url: str, *, timezone: str, se
         public_url = f"http://{HOST}:{port}"
         engine = engine_for(database_url)
         inbound = None if rules is None else Inbound(engine, lambda: load_rules(rules))
+        b1_events = B1Events(WebhookInbox(engine), creds.webhook_username, creds.webhook_password) \
+            if webhooks else None
         app = create_app(auth_token=creds.auth_token, status_url=join(public_url, STATUS_PATH),
-                         sink=DeliveryLog(engine), inbound=inbound, public_url=public_url if inbound else None)
+                         sink=DeliveryLog(engine), inbound=inbound, public_url=public_url if inbound else None,
+                         b1_events=b1_events)
         _url, stop_callbacks = start_background(app, HOST, port)
+        sims.stops.append(stop_callbacks)
         if inbound is not None:
             twilio.set_sms_url(join(public_url, SMS_PATH))
+        if webhooks:
+            with SapB1Session(sap.base_url, creds.company_db, creds.username, creds.password,
+                              timezone=timezone) as session:
+                setup_b1_webhooks(session, load_rules(rules), public_url, creds.webhook_username,
+                                  creds.webhook_password)
+            sims.webhook_url = join(public_url, B1_EVENTS_PATH)
     except BaseException:
         sims.stop()
         raise
     sims.callback_url, sims.public_url = join(public_url, STATUS_PATH), public_url if inbound else ""
-    sims.stops.append(stop_callbacks)
     return sims
 
 
@@ -225,6 +250,8 @@ def pipeline_environment(creds: Credentials, sims: Simulators, *, dagster_home: 
         del env["TWILIO_STATUS_CALLBACK_URL"]
     if sims.public_url:  # the receiver takes SMS replies and keypresses too: alerts can be acknowledged
         env["B1TWILIO_PUBLIC_URL"] = sims.public_url
+    if sims.webhook_url:  # B1 posts its changes to the receiver: b1_webhook_sensor runs
+        env["B1_WEBHOOK_USERNAME"], env["B1_WEBHOOK_PASSWORD"] = creds.webhook_username, creds.webhook_password
     return env
 
 

@@ -2,10 +2,11 @@
 
 It speaks the protocol the pipeline's client speaks to a real Service Layer (Login/Logout, B1SESSION and
 ROUTEID cookies, idle session timeout, v1/v2 envelopes and error bodies, OData `$filter`/`$select`/
-`$orderby`/`$top`/`$skip`, server-driven paging with relative next links, user-defined tables), so tests
-exercise the real client code paths. Tests and the demo change data (stamped by a simulated clock in the
-B1 server's time zone) and inject faults through the Python methods of `SapB1Simulator`, or through the
-same admin API over HTTP under `/_admin/...`.
+`$orderby`/`$top`/`$skip`, server-driven paging with relative next links, user-defined tables, webhook
+subscriptions and the batches they post: `sap_b1_webhooks`), so tests exercise the real client code
+paths. Tests and the demo change data (stamped by a simulated clock in the B1 server's time zone) and
+inject faults through the Python methods of `SapB1Simulator`, or through the same admin API over HTTP under
+`/_admin/...`.
 
 Run: `python -m b1twilio_sim.sap_b1 --host 127.0.0.1 --port 0 [--version v1|v2]`.
 """
@@ -34,6 +35,7 @@ from b1twilio_sim.sap_b1_admin import admin_routes
 from b1twilio_sim.sap_b1_app import METHODS, ServiceLayer
 from b1twilio_sim.sap_b1_errors import SESSION_MESSAGE, B1Failure
 from b1twilio_sim.sap_b1_model import CompanyDatabase
+from b1twilio_sim.sap_b1_webhooks import WebhookMessenger
 from b1twilio_sim.server import SimulatorServer, StrPath, run_cli
 from b1twilio_sim.traffic import FaultInjection, LoggedRequest, RequestLog
 
@@ -89,6 +91,8 @@ class SapB1Simulator(CompanyDatabase, SimulatorServer):
         self.sessions: dict[str, Session] = {}
         self._session_lock = threading.Lock()
         self._logins_in_flight = 0
+        self.webhooks = WebhookMessenger(self.clock.now, lambda: self.base_url)
+        self.on_change = self.webhooks.record_change
 
     @property
     def base_url(self) -> str:
@@ -105,6 +109,10 @@ class SapB1Simulator(CompanyDatabase, SimulatorServer):
                            answer=layer.fault),
             ],
         )
+
+    def stop(self) -> None:
+        self.webhooks.close()
+        super().stop()
 
     def log_request_entry(self, entry: LoggedRequest) -> None:
         """Admin calls are the test harness talking, not the client: keep them out of the log."""

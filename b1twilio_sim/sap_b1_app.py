@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from b1twilio_sim.sap_b1_data import ENTITIES
 from b1twilio_sim.sap_b1_errors import B1Failure, bad_request, error_body, not_found, unrecognized_path
 from b1twilio_sim.sap_b1_odata import parse_select
+from b1twilio_sim.sap_b1_webhooks import ENTITY_SET as EVENT_SUBSCRIPTIONS
 
 if TYPE_CHECKING:
     from b1twilio_sim.sap_b1 import SapB1Simulator
@@ -154,7 +155,8 @@ class ServiceLayer:
         if call.resource == "Login" and method == "POST":
             return self._login(call)
         match = _PATH.match(call.resource)
-        known = ("Logout", "UserTablesMD", "UserFieldsMD", *ENTITIES)
+        known = ("Logout", "UserTablesMD", "UserFieldsMD", *ENTITIES,
+                 *((EVENT_SUBSCRIPTIONS,) if sim.webhooks.support != "absent" else ()))
         if match is None or not (match["set"] in known or match["set"].startswith("U_")):
             raise unrecognized_path()
         session = sim.use_session(call.session_id())
@@ -165,6 +167,8 @@ class ServiceLayer:
         key = None if key_text is None else _parse_key(key_text)
         if name in ("UserTablesMD", "UserFieldsMD"):
             return self._metadata_tables(call, name, key)
+        if name == EVENT_SUBSCRIPTIONS and not count:
+            return self._event_subscriptions(call, key)
         if name in ENTITIES or (name.startswith("U_") and name[2:] in sim.user_tables):
             if key is None and method == "GET":
                 return self._collection(call, name, bool(count))
@@ -261,6 +265,23 @@ class ServiceLayer:
             return self.reply(204)
         sim.udt_row(table, code)  # a missing row is a 404 whatever the method
         raise B1Failure(405, -1000, f"Method {method} is not allowed on U_{table}")
+
+    def _event_subscriptions(self, call: B1Call, key: Any) -> Response:
+        """Create, list, read, change and delete webhook subscriptions (`sap_b1_webhooks`)."""
+        hooks, method = self.sim.webhooks, call.method
+        if key is None and method == "POST":
+            return self.reply(201, {**self._entity(EVENT_SUBSCRIPTIONS), **hooks.create(json_body(call.body))})
+        if key is None and method == "GET":
+            return self.reply(200, {**self._metadata(EVENT_SUBSCRIPTIONS), "value": hooks.resources()})
+        if key is not None and method == "GET":
+            return self.reply(200, {**self._entity(EVENT_SUBSCRIPTIONS), **hooks.resource(str(key))})
+        if key is not None and method == "PATCH":
+            hooks.update(str(key), json_body(call.body))
+            return self.reply(204)
+        if key is not None and method == "DELETE":
+            hooks.delete(str(key))
+            return self.reply(204)
+        raise B1Failure(405, -1000, f"Method {method} is not allowed on {call.resource}")
 
     def _metadata_tables(self, call: B1Call, name: str, key: Any) -> Response:
         sim = self.sim

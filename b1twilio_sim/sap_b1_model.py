@@ -76,6 +76,8 @@ class CompanyDatabase:
         self.next_entry: dict[str, int] = dict.fromkeys(ENTITIES, 1)
         self.next_num: dict[str, int] = dict(DOC_NUM_START)
         self.user_tables: dict[str, UserTable] = {}
+        # (entity, key, "Created" | "Updated" | "Deleted") of every change: the webhook messenger listens.
+        self.on_change: Callable[[str, Any, str], None] = lambda entity, key, action: None
         self._changes = 0
         self._query_cache: dict[tuple, list[dict]] = {}
         if seed:
@@ -164,6 +166,7 @@ class CompanyDatabase:
             if spec.name == "IncomingPayments" and apply_payment:
                 self._apply_payment(record)
             self._touch()
+            self.on_change(entity, record[spec.key], "Created")
             return _copy(record)
 
     @staticmethod
@@ -208,6 +211,7 @@ class CompanyDatabase:
             if invoice["PaidToDate"] >= invoice["DocTotal"] - 0.005:
                 invoice["DocumentStatus"] = "bost_Close"
             invoice["UpdateDate"], invoice["UpdateTime"] = today.isoformat(), now_time
+            self.on_change("Invoices", invoice["DocEntry"], "Updated")
 
     def update_document(self, entity: str, key: Any, fields: dict[str, Any]) -> dict:
         """Change a record; UpdateDate/UpdateTime move to the simulator clock unless given explicitly."""
@@ -223,6 +227,7 @@ class CompanyDatabase:
             record.update(self._normalise(spec, fields))
             self._derive(spec, record, fields, creating=False)
             self._touch()
+            self.on_change(entity, key, "Updated")
             return _copy(record)
 
     def set_item_stock(self, item_code: str, warehouse: str, in_stock: float) -> dict:
@@ -255,6 +260,7 @@ class CompanyDatabase:
                 record.update(UpdateDate=today.isoformat(), UpdateTime=now_time)
             record.update(fields)
             self._touch()
+            self.on_change(entity, key, "Updated")
             return _copy(record)
 
     def delete_record(self, entity: str, key: Any) -> None:
@@ -263,6 +269,7 @@ class CompanyDatabase:
             if self.data[self._spec(entity).name].pop(key, None) is None:
                 raise KeyError(f"{entity}({key!r}) does not exist")
             self._touch()
+            self.on_change(entity, key, "Deleted")
 
     def generate_invoices(self, count: int, entity: str = "Invoices", seed: int = 7) -> dict[str, int]:
         """Add `count` plausible documents fast (benchmarks: 100,000 in seconds)."""

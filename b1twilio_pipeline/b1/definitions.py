@@ -1,5 +1,6 @@
 """The B1 stage's definitions: snapshot assets (partitioned by window), the state refresh on its cron, the
-jobs to read windows (backfills) and refresh state, and the change sensor."""
+jobs to read windows (backfills) and refresh state, the change sensor, and the webhook sensor (on when B1
+sends webhooks: B1_WEBHOOK_USERNAME is set)."""
 
 from collections.abc import Mapping, Sequence
 
@@ -9,8 +10,10 @@ from b1twilio_pipeline.b1.entities import ENTITIES, EntitySpec
 from b1twilio_pipeline.b1.sensors import build_change_sensor
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP, build_snapshot_asset
 from b1twilio_pipeline.b1.state import STATE_GROUP, build_state_assets
+from b1twilio_pipeline.b1.webhook_sensor import build_webhook_sensor
 from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core.automation import refresh_condition, with_condition
+from b1twilio_pipeline.core.settings import current
 
 state_refresh_job = dg.define_asset_job(
     "state_refresh_job", selection=dg.AssetSelection.groups(STATE_GROUP),
@@ -42,5 +45,6 @@ def b1_definitions(polling: PollingSettings, partitions_def: dg.TimeWindowPartit
                 description="Read what changed in B1 in a window; backfill missed windows from the UI or CLI."),
             state_refresh_job,
         ],
-        sensors=[build_change_sensor(polling, partitions_def, [specs[name] for name in watched], follow)],
+        sensors=[build_change_sensor(polling, partitions_def, [specs[name] for name in watched], follow),
+                 build_webhook_sensor(current().b1_webhook_username is not None, partitions_def, follow)],
     )

@@ -8,6 +8,7 @@ overlap and deduplicated by key downstream.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -84,3 +85,13 @@ def date_window_filter(field: str, start_date: date, end_date: date) -> str:
     if end_date < start_date:
         raise ValueError(f"end date {end_date} is before start date {start_date}")
     return f"{field} ge {quote(start_date.isoformat())} and {field} le {quote(end_date.isoformat())}"
+
+
+def keys_filter(field: str, keys: Sequence[int | str]) -> str:
+    """The records whose key `field` is one of `keys` (`DocEntry eq 12 or DocEntry eq 15`): integer keys as
+    numbers, anything else as quoted strings. The Service Layer's `$filter` has no confirmed `in`, so the
+    keys are joined with `or`; callers keep the list short (a URL has a length limit)."""
+    if not keys:
+        raise ValueError(f"keys_filter needs at least one {field}")
+    literals = [str(key) if isinstance(key, int) else quote(key) for key in keys]
+    return " or ".join(f"{field} eq {literal}" for literal in literals)

@@ -145,3 +145,19 @@ digest_items = sa.Table(
     sa.Column("line", sa.Text, nullable=False),
     sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# B1 webhook events (`b1.webhook_inbox`): each event id once, however often B1 retries or replays it. A row
+# waits (handled_at NULL) until `b1_webhook_sensor` asks for the run that reads its record; the index
+# serves that one query on every tick and the pruning of old handled rows.
+b1_events = sa.Table(
+    "b1tw_b1_events",
+    metadata,
+    sa.Column("event_id", sa.String(100), primary_key=True),
+    sa.Column("entity", sa.String(40), nullable=False),  # PurchaseInvoices, Items, ...
+    sa.Column("action", sa.String(12), nullable=False),  # Created | Updated
+    sa.Column("record_key", sa.String(64), nullable=False),  # DocEntry or ItemCode, as the snapshot store keys it
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("handled_at", sa.DateTime(timezone=True)),
+    sa.Column("run_key", sa.String(80)),  # the run that reads it, or why none does
+    sa.Index("ix_b1tw_b1_events_handled", "handled_at"),
+)

@@ -1,12 +1,13 @@
-"""Where Twilio reaches the receiver (`b1twilio receiver`): one public base URL, B1TWILIO_PUBLIC_URL, and a
-path per webhook. The receiver checks every signature against exactly these URLs, and the sending side
-hands the same URLs to Twilio, so both must come from here."""
+"""Where Twilio and B1 reach the receiver (`b1twilio receiver`): one public base URL, B1TWILIO_PUBLIC_URL,
+and a path per webhook. The receiver checks every signature against exactly these URLs, and the sending
+side hands the same URLs to Twilio (and `setup-b1-webhooks` to B1), so both must come from here."""
 
 from __future__ import annotations
 
 STATUS_PATH = "/twilio/status"  # message and call status callbacks
 SMS_PATH = "/twilio/sms"  # inbound SMS: the operator sets it as the Twilio number's messaging webhook
 VOICE_PATH = "/twilio/voice"  # the keypress of a call's <Gather>
+B1_EVENTS_PATH = "/b1/events"  # B1's webhook batches (Basic authentication, see `b1_events`)
 
 
 def join(base: str, path: str) -> str:

@@ -1,12 +1,13 @@
-"""The receiver: the one public-facing service for everything Twilio calls (`b1twilio receiver`).
+"""The receiver: the one public-facing service for everything Twilio and B1 call (`b1twilio receiver`).
 
 - `POST /twilio/status`: status callbacks of messages and calls, to the delivery log, which decides with
   `statuses.should_advance` whether anything changed, so replays and out-of-order callbacks are harmless.
 - `POST /twilio/sms`: SMS replies (the Twilio number's messaging webhook), answered with TwiML
   `<Message>`; `POST /twilio/voice`: the keypress of a call's `<Gather>`, answered with `<Say>`. What they
   mean is `inbound`'s business.
+- `POST /b1/events`: B1's webhook batches, authenticated with HTTP Basic, not signed (see `b1_events`).
 
-Every request's `X-Twilio-Signature` is checked with twilio's own `RequestValidator` against the PUBLIC URL
+Every Twilio request's `X-Twilio-Signature` is checked with twilio's own `RequestValidator` against the PUBLIC URL
 Twilio called (B1TWILIO_PUBLIC_URL + the path: behind a proxy the local URL differs and `request.url`
 cannot be trusted); anything unsigned, mis-signed or too large is refused and changes nothing.
 
@@ -44,9 +45,10 @@ from twilio.twiml.voice_response import VoiceResponse
 from b1twilio_pipeline.core.phones import E164_PATTERN, mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError, current
 from b1twilio_pipeline.notifications.acknowledgements import Acknowledgement
+from b1twilio_pipeline.notifications.b1_events import MAX_BATCH_BYTES, B1Events
 from b1twilio_pipeline.notifications.inbound import Inbound
 from b1twilio_pipeline.notifications.ledger import Notification
-from b1twilio_pipeline.notifications.public_urls import SMS_PATH, STATUS_PATH, VOICE_PATH, join
+from b1twilio_pipeline.notifications.public_urls import B1_EVENTS_PATH, SMS_PATH, STATUS_PATH, VOICE_PATH, join
 from b1twilio_pipeline.notifications.receiver_server import BannerServer, base_url, bound_socket
 from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
 
@@ -193,10 +195,11 @@ def create_app(
     on_change: Callable[[StatusEvent], None] | None = None,
     inbound: Inbound | None = None,
     public_url: str | None = None,
+    b1_events: B1Events | None = None,
 ) -> Starlette:
     """The ASGI app: `POST /twilio/status` (signed status callbacks, checked against `status_url`) and
     `GET /healthz`; with `inbound` and the public base URL `public_url` also `POST /twilio/sms` (replies)
-    and `POST /twilio/voice` (keypresses)."""
+    and `POST /twilio/voice` (keypresses); with `b1_events` also `POST /b1/events` (B1's webhooks)."""
     if not auth_token:
         raise ConfigurationError("the receiver needs TWILIO_AUTH_TOKEN to check Twilio's signatures")
     urls = {"TWILIO_STATUS_CALLBACK_URL": status_url, **({"B1TWILIO_PUBLIC_URL": public_url} if public_url else {})}
@@ -263,6 +266,13 @@ def create_app(
     routes = [Route(STATUS_PATH, status, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
     if inbound is not None and public_url is not None:
         routes += [Route(SMS_PATH, sms, methods=["POST"]), Route(VOICE_PATH, voice, methods=["POST"])]
+    if b1_events is not None:
+
+        async def b1_batch(request: Request) -> Response:
+            refusal = b1_events.refusal(request.headers.get("authorization"))
+            return refusal or await b1_events.accept(await read_limited(request, MAX_BATCH_BYTES))
+
+        routes.append(Route(B1_EVENTS_PATH, b1_batch, methods=["POST"]))
     return Starlette(routes=routes)
 
 
@@ -319,11 +329,12 @@ def receiver_command(args: argparse.Namespace) -> int:
     try:
         app = create_app(auth_token=auth_token, status_url=status_url, sink=DeliveryLog(engine), on_change=on_change,
                          inbound=Inbound(engine, lambda: load_rules(configured.b1twilio_config), on_acknowledged),
-                         public_url=public_url)
+                         public_url=public_url, b1_events=B1Events.from_settings(engine, configured))
     except ConfigurationError:
         sock.close()
         raise
     log.info("signatures are checked against %s (status callbacks: %s)", public_url, status_url)
+    log.info("B1 webhooks: %s", join(public_url, B1_EVENTS_PATH) if configured.b1_webhook_username else "off")
     server = BannerServer(uvicorn.Config(app, log_level="info", lifespan="off"), banner=f"listening on {url}")
     # uvicorn re-raises the stop signal after its graceful shutdown; neutral handlers make that a clean exit.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
