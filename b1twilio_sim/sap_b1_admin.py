@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from b1twilio_sim.sap_b1_app import METHODS, b1_error, json_body
 from b1twilio_sim.sap_b1_errors import B1Failure
+from b1twilio_sim.sap_b1_webhooks import SUPPORT
 
 if TYPE_CHECKING:
     from b1twilio_sim.sap_b1 import SapB1Simulator
@@ -30,10 +31,12 @@ ADMIN_ENDPOINTS = [
     "POST /_admin/stock {item_code, warehouse, in_stock}",
     "GET|POST /_admin/clock {advance_s}",
     "POST /_admin/expire_sessions",
-    "GET|POST /_admin/faults {latency_s, fail_next, fail_status, fail_all, drop_next}",
+    "GET|POST /_admin/faults {latency_s, fail_next, fail_status, fail_all, fail_resource, drop_next}",
     "GET|DELETE /_admin/requests",
     "POST /_admin/generate_invoices {count, entity}",
     "GET /_admin/udt/{TABLE}",
+    "GET|POST /_admin/webhooks {support: on|absent|disabled, batch_delay_s}",
+    "POST /_admin/webhooks/wait {timeout_s}",
 ]
 
 
@@ -101,6 +104,20 @@ def admin_routes(sim: SapB1Simulator) -> list[BaseRoute]:
                 "session_timeout_s": sim.session_timeout_s,
                 "records": {name: len(rows) for name, rows in sim.data.items()}}
 
+    def webhooks(*_args: Any) -> Any:
+        hooks = sim.webhooks
+        return {"support": hooks.support, "batch_delay_s": hooks.batch_delay_s,
+                "subscriptions": hooks.resources(), "deliveries": list(hooks.deliveries)}
+
+    def set_webhooks(_params: dict[str, Any], _query: dict[str, str], values: dict[str, Any]) -> Any:
+        """`support`: "on", "absent" (a B1 older than 10.0 FP 2602) or "disabled" (webhooks not enabled)."""
+        support = values.get("support", sim.webhooks.support)
+        if support not in SUPPORT:
+            raise ValueError(f"support must be one of {', '.join(SUPPORT)}, got {support!r}")
+        sim.webhooks.support = support
+        sim.webhooks.batch_delay_s = float(values.get("batch_delay_s", sim.webhooks.batch_delay_s))
+        return webhooks()
+
     async def unknown(request: Request) -> Response:
         return _json(404, {"error": f"no admin endpoint {request.method} /_admin/{request.path_params['rest']}",
                            "endpoints": ADMIN_ENDPOINTS})
@@ -131,5 +148,9 @@ def admin_routes(sim: SapB1Simulator) -> list[BaseRoute]:
         route("generate_invoices", lambda p, q, v: sim.generate_invoices(
             int(v.get("count", 0)), str(v.get("entity", "Invoices"))), "POST"),
         route("udt/{table}", lambda p, q, v: {"table": p["table"], "rows": sim.udt_rows(p["table"])}, "GET"),
+        route("webhooks", webhooks, "GET"),
+        route("webhooks", set_webhooks, "POST"),
+        route("webhooks/wait", lambda p, q, v: {"idle": sim.webhooks.wait_idle(float(v.get("timeout_s", 10)))},
+              "POST"),
         Route("/_admin/{rest:path}", unknown, methods=METHODS),
     ]

@@ -50,13 +50,16 @@ class LoggedRequest:
 @dataclass
 class Faults:
     """Faults injected through the admin API: latency on every request, a number of 5xx answers
-    (or all of them), a number of connections dropped without an answer, and a number of creates that
-    take effect but are answered with `fail_status` (a gateway timeout after the service accepted)."""
+    (or all of them, or all those to one resource: `fail_resource`, the last segment of the path, e.g.
+    `Items`, one service broken while the rest answers), a number of connections dropped without an
+    answer, and a number of creates that take effect but are answered with `fail_status` (a gateway
+    timeout after the service accepted)."""
 
     latency_s: float = 0.0
     fail_next: int = 0
     fail_status: int = 503
     fail_all: bool = False
+    fail_resource: str = ""
     drop_next: int = 0
     accept_then_fail_next: int = 0
 
@@ -74,15 +77,16 @@ class Traffic:
         with self.lock:
             self.requests.append(entry)
 
-    def take_fault(self) -> str | None:
-        """Consume the next injected fault: "drop", "fail" or None. A drop wins over a failure, which then
-        stays pending for the next request."""
+    def take_fault(self, path: str) -> str | None:
+        """Consume the next injected fault for a request to `path`: "drop", "fail" or None. A drop wins
+        over a failure, which then stays pending for the next request."""
         with self.lock:
             faults = self.faults
             if faults.drop_next > 0:
                 faults.drop_next -= 1
                 return "drop"
-            if faults.fail_all:
+            resource = path.rstrip("/").rsplit("/", 1)[-1]
+            if faults.fail_all or (faults.fail_resource and resource == faults.fail_resource):
                 return "fail"
             if faults.fail_next > 0:
                 faults.fail_next -= 1
@@ -152,7 +156,7 @@ class FaultInjection:
         latency = self.traffic.faults.latency_s
         if latency:
             await asyncio.sleep(latency)
-        fault = self.traffic.take_fault()
+        fault = self.traffic.take_fault(scope["path"])
         if fault == "drop":
             await _drop(send)
             if _LOGGED in scope:

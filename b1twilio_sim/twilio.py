@@ -139,6 +139,13 @@ class TwilioSimulator(SimulatorServer):
             else:
                 self.state.opted_out.difference_update(numbers)
 
+    def set_auth_token(self, auth_token: str) -> None:
+        """Rotate the account's Auth Token, as an admin does in the Twilio console: a client still using
+        the old one is answered 401 with code 20003, and callbacks are signed with the new one."""
+        if not auth_token:
+            raise ValueError("auth_token must not be empty")
+        self.state.set_auth_token(auth_token)
+
     def set_latency(self, seconds: float) -> None:
         self.faults.latency_s = seconds
 

@@ -4,7 +4,10 @@ rest (`TwilioSimulator.api_requests()` leaves them out) but never limited, delay
 
 The handset's side: `POST /_admin/webhooks {"sms_url"}` (GET reads it), `POST /_admin/reply {"from",
 "body"}`, `POST /_admin/press {"to" | "call_sid", "digits"}` (answer: the webhook exchange; 404 when there
-is nothing to answer, 409 when there is nowhere to send it), `GET /_admin/inbound` (every exchange)."""
+is nothing to answer, 409 when there is nowhere to send it), `GET /_admin/inbound` (every exchange).
+
+The account's side: `POST /_admin/credentials {"auth_token"}` rotates the Auth Token (the old one gets 401,
+code 20003)."""
 
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def admin_operation(sim: TwilioSimulator, method: str, operation: str, payload: 
         return {"ok": True}
     setters: dict[str, Callable[[], Any]] = {
         "rules": lambda: sim.set_rules(payload),
+        "credentials": lambda: sim.set_auth_token(str(payload["auth_token"])),
         "opt_out": lambda: sim.opt_out(*payload["numbers"], opted_out=payload.get("opted_out", True)),
         "latency": lambda: sim.set_latency(float(payload["seconds"])),
         "rate_limit": lambda: sim.set_rate_limit(payload.get("max_concurrency"), int(payload.get("next_429", 0))),

@@ -158,6 +158,10 @@ class CallbackSender:
         self._http = httpx.Client(timeout=timeout_s)
         self._jobs = JobPool(lock, "twilio-sim-callback")
 
+    def sign_with(self, auth_token: str) -> None:
+        """Sign from now on with `auth_token` (the account's token was rotated)."""
+        self._validator = RequestValidator(auth_token)
+
     def set_modes(self, modes: set[str]) -> None:
         unknown = modes - CALLBACK_MODES
         if unknown:

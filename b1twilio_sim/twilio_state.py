@@ -361,6 +361,11 @@ class TwilioState:
 
     # ----- admin -------------------------------------------------------------------------------------
 
+    def set_auth_token(self, auth_token: str) -> None:
+        with self.lock:
+            self.auth_token = auth_token
+            self.callbacks.sign_with(auth_token)
+
     def set_rules(self, rules: dict[str, dict[str, Any]]) -> None:
         parsed = {number: Rule.from_dict(rule) for number, rule in rules.items()}
         with self.lock:

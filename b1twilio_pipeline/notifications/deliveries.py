@@ -32,6 +32,7 @@ from b1twilio_pipeline.notifications.plan import NOTIFICATION_PLAN_KEY, plan_for
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.statuses import StatusEvent, is_exception, is_final
 from b1twilio_pipeline.notifications.twilio_api import TwilioSendError
+from b1twilio_pipeline.notifications.twilio_auth import TwilioAuth
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
@@ -49,20 +50,24 @@ sent_notifications = dg.AssetSpec(
 
 def _poll(twilio: TwilioResource, deliveries: DeliveryLog, log: Any) -> int:
     """Ask Twilio for what is due for a poll, least recently polled first; stop waiting for receipts
-    older than B1TWILIO_RECEIPT_MAX_HOURS (their last status, e.g. `sent`, stands)."""
+    older than B1TWILIO_RECEIPT_MAX_HOURS (their last status, e.g. `sent`, stands). Whether Twilio accepted
+    our credentials is recorded for self-monitoring (`twilio_auth`)."""
     now = utcnow()
     expired = deliveries.expire_unconfirmed(now, timedelta(hours=settings.current().b1twilio_receipt_max_hours))
     if expired:
         log.info(f"{expired} message(s)/call(s) without a final status after the receipt window: final now")
     changed = 0
+    auth = TwilioAuth(deliveries.engine)
     for sid, channel in deliveries.due_for_poll(now):
         try:
             status = twilio.fetch_status(sid)
         except TwilioSendError as error:
+            auth.saw(error)
             log.warning(f"could not poll {sid}: {error}")
             continue
         finally:
             deliveries.mark_polled(sid, now)
+        auth.saw(None)
         changed += deliveries.apply_status(StatusEvent(
             sid=sid, channel=channel, status=status.status, error_code=status.error_code, source="poll",
             received_at=utcnow()))
