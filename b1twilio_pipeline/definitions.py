@@ -26,13 +26,20 @@ from b1twilio_pipeline.b1.sensors import CHANGE_JOB
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP
 from b1twilio_pipeline.b1.state import STATE_GROUP
 from b1twilio_pipeline.b1.windows import PollingSettings
+from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.automation import KIND, RUNNING
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.housekeeping.definitions import housekeeping_definitions
-from b1twilio_pipeline.notifications import definitions as notifications
+from b1twilio_pipeline.notifications.definitions import notifications_definitions
 from b1twilio_pipeline.notifications.plan import notification_plan
+from b1twilio_pipeline.notifications.self_monitoring_checks import build_self_monitoring_checks, service_layer
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline.reporting.definitions import reporting_definitions
+
+# What declarative automation has to do waits for a cron or a backfill (a state refresh every 30 minutes,
+# reminders after midnight): a tick every two minutes is soon enough, and each tick costs the daemon an
+# evaluation of the whole asset graph, all day long.
+AUTOMATION_SECONDS = 120
 
 
 def downstream_of(assets: Iterable[dg.AssetsDefinition], root: dg.AssetKey) -> set[dg.AssetKey]:
@@ -69,15 +76,18 @@ def build_definitions(rules_path: str | None = None,
             CHANGE_JOB, selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
             tags={KIND: "change"},
             description="Read the windows B1 changed in, evaluate the rules that depend on them and plan the "
-                        "notifications, in one run (launched by b1_change_sensor).")],
+                        "notifications, in one run (launched by b1_change_sensor, and by b1_webhook_sensor "
+                        "for the records B1's webhooks name).")],
         sensors=[dg.AutomationConditionSensorDefinition(
             "automation_condition_sensor", target=dg.AssetSelection.groups(STATE_GROUP, ALERTS_GROUP),
-            default_status=RUNNING, minimum_interval_seconds=max(30, polling.change_check_seconds),
+            default_status=RUNNING, minimum_interval_seconds=max(AUTOMATION_SECONDS, polling.change_check_seconds),
             run_tags={KIND: "refresh"},
             description="Refreshes the open-invoice and stock state on its cron, re-evaluates overdue reminders "
                         "after midnight, and evaluates alerts whose inputs a backfill updated.")],
         # Steps are small and wait on HTTP: one process per run, not per step (a fresh Python per step
         # costs seconds of CPU each). Scale-out comes from the run launcher, not the executor.
+        assets=[service_layer],
+        asset_checks=[build_self_monitoring_checks([specs[name] for name in watched])],
         executor=dg.in_process_executor,
         resources={
             "sap": SapB1Resource(),
@@ -87,8 +97,10 @@ def build_definitions(rules_path: str | None = None,
             **(resources or {}),
         },
     )
+    ledger_checks = settings.current().b1twilio_notification_check_seconds
     return dg.Definitions.merge(b1_definitions(polling, partitions_def, specs, watched, follow), alerts,
-                                notifications.defs, reporting, housekeeping_definitions(polling.timezone), glue)
+                                notifications_definitions(ledger_checks), reporting,
+                                housekeeping_definitions(polling.timezone), glue)
 
 
 defs = build_definitions()

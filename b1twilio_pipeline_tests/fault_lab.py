@@ -118,6 +118,7 @@ class FaultLab:
             "B1TWILIO_SECRET_KEY": self.secret_key,
             "B1TWILIO_CHANGE_CHECK_SECONDS": "5",
             "B1TWILIO_SEND_RETRY_SECONDS": "3",
+            "B1TWILIO_NOTIFICATION_CHECK_SECONDS": "5",
             "B1TWILIO_SEND_LEASE_SECONDS": str(LEASE_S),
             "B1TWILIO_SEND_MAX_ATTEMPTS": "30",
             "B1TWILIO_PARTITIONS_START": f"{datetime.now(UTC):%Y-%m-%d}-00:00",
@@ -281,7 +282,8 @@ distinct notifications Twilio accepted; "duplicated" counts extra acceptances of
 recounted at the end once every notification in the ledger was final (so a late re-drive or take-over
 would show). Time is from causing the change in B1 until the last of the scenario's SMS was accepted.
 
-Settings of the run: B1 asked every 5 s; re-drive after 3 s, doubling; a worker's lease {LEASE_S} s.
+Settings of the run: B1 asked every 5 s, the ledger every 5 s; re-drive after 3 s, doubling; a worker's lease
+{LEASE_S} s.
 
 | fault | alerts expected | delivered | lost | duplicated | seconds until all delivered | notes |
 |---|---:|---:|---:|---:|---:|---|

@@ -27,9 +27,11 @@ from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.core.database import dispose_engine
 from b1twilio_pipeline.core.database_resource import DatabaseResource
+from b1twilio_pipeline.core.schema import notifications
+from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.definitions import build_definitions
 from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-from b1twilio_pipeline.notifications.ledger import Ledger
+from b1twilio_pipeline.notifications.ledger import PLANNED, Ledger
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER
@@ -194,6 +196,22 @@ class Pipeline:
         key = partitions.get_partition_key_for_timestamp(moment.timestamp())
         return self.run_job("snapshot_job", partition_key=key)
 
+    def plan_unsent(self) -> None:
+        """Read and evaluate the open window while Twilio refuses every request, then end the outage and let
+        the backoff pass: the ledger holds planned rows that are due and not sent (the plan step's attempt
+        at once failed), as a later sending run finds them."""
+        self.twilio.set_faults(fail_all=True, fail_status=503)
+        self.poll()
+        self.evaluate()
+        self.twilio.set_faults()
+        self.make_due()
+
+    def make_due(self) -> None:
+        """Time passes: every planned row's backoff or hold is over."""
+        with self.database.engine.begin() as conn:
+            conn.execute(sa.update(notifications).where(notifications.c.status == PLANNED)
+                         .values(next_attempt_at=utcnow()))
+
     def refresh_state(self) -> dg.ExecuteInProcessResult:
         return self.run_job("state_refresh_job")
 
@@ -205,8 +223,8 @@ class Pipeline:
         sensor = self.defs.resolve_sensor_def(sensor_name)
         with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor_name),
                                      definitions=self.defs,
-                                     resources={"database": self.database,
-                                                "sap": self.defs.resources["sap"]}) as context:
+                                     resources={"database": self.database, "sap": self.defs.resources["sap"],
+                                                "rules": self.defs.resources["rules"]}) as context:
             result = sensor(context)
             cursor = getattr(result, "cursor", None) or context.cursor
         self.cursors[sensor_name] = cursor
@@ -222,10 +240,13 @@ class Pipeline:
                 for request in result.run_requests or []]
 
     def notify(self) -> list[dg.ExecuteInProcessResult]:
-        """Tick the notification sensor and execute the run it requests, as the daemon would."""
+        """Tick the notification sensor and execute the notification run it requests, as the daemon would
+        (a delivery run it requests too is left to `deliveries`, which tests call when they mean it)."""
         result = self.tick("notification_sensor")
         runs = []
         for request in getattr(result, "run_requests", None) or []:
+            if request.job_name != "notify_job":
+                continue
             job = self.defs.resolve_job_def("notify_job")
             runs.append(job.execute_in_process(
                 run_config=request.run_config, instance=self.instance,
@@ -243,9 +264,9 @@ class Pipeline:
         return self.run_job("delivery_job")
 
     def flow(self) -> list[dg.ExecuteInProcessResult]:
-        """detect (read the changed windows, evaluate, plan) -> notify: one turn of the whole pipeline."""
-        self.detect()
-        return self.notify()
+        """detect (read the changed windows, evaluate, plan and send what is due) -> notify (what the
+        sensor finds due after that): one turn of the whole pipeline, every run of it."""
+        return self.detect() + self.notify()
 
 
 @pytest.fixture

@@ -95,8 +95,7 @@ def test_missing_phone_secret_names_the_fix_and_sends_once_it_is_set(pipeline_fa
 
 def test_recipient_removed_from_the_rules_then_restored_is_told_once(pipeline: Pipeline) -> None:
     _supplier_invoice(pipeline)
-    pipeline.poll()
-    pipeline.evaluate()
+    pipeline.plan_unsent()
     pipeline.rules_file.write_text(TEST_RULES.replace('    - {name: Ray, phone: "+15005550102"}\n', ""))
     pipeline.notify()
     assert _sms_to(pipeline, DANA) and not _sms_to(pipeline, RAY)
@@ -104,7 +103,8 @@ def test_recipient_removed_from_the_rules_then_restored_is_told_once(pipeline: P
     assert "'Ray'" in (waiting[0].error_message or "") and "add them back" in (waiting[0].error_message or "")
 
     pipeline.rules_file.write_text(TEST_RULES)
-    _after_backoff(pipeline)
+    pipeline.make_due()
+    pipeline.notify()
     assert len(_sms_to(pipeline, RAY)) == 1
 
 
@@ -146,8 +146,7 @@ def test_two_workers_on_the_same_notifications_send_each_once(pipeline: Pipeline
     """Two workers (a re-executed run, a second daemon) holding the same due list at the same moment;
     the whole run twice at once runs under the daemon in the fault suite."""
     _supplier_invoice(pipeline)
-    pipeline.poll()
-    pipeline.evaluate()
+    pipeline.plan_unsent()
     due = [(n.notification_id, n.attempts) for n in pipeline.ledger().due(utcnow())]
     pipeline.twilio.set_latency(0.5)  # both workers are in flight together
     rules = RulesResource(path=str(pipeline.rules_file)).load()
@@ -243,8 +242,7 @@ def test_receipts_are_polled_oldest_poll_first_and_not_forever(pipeline: Pipelin
 
 def test_quiet_hours_that_began_while_the_run_waited_hold_the_message(pipeline: Pipeline) -> None:
     _supplier_invoice(pipeline)
-    pipeline.poll()
-    pipeline.evaluate()  # planned for now: the rule has no quiet hours yet
+    pipeline.plan_unsent()  # planned for now (the rule has no quiet hours yet), the first attempt failed
     now = utcnow()
     quiet = f'quiet_hours: {{start: "{now - timedelta(hours=1):%H:%M}", end: "{now + timedelta(hours=1):%H:%M}"}}'
     pipeline.rules_file.write_text(TEST_RULES.replace(
@@ -254,7 +252,7 @@ def test_quiet_hours_that_began_while_the_run_waited_hold_the_message(pipeline: 
 
     assert pipeline.twilio.messages() == []
     held = pipeline.ledger().due(now + timedelta(hours=2))
-    assert len(held) == 2 and all(n.failures == 0 and n.next_attempt_at > now + timedelta(minutes=50)
+    assert len(held) == 2 and all(n.failures == 1 and n.next_attempt_at > now + timedelta(minutes=50)
                                   for n in held)
 
 

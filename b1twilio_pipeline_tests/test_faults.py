@@ -93,7 +93,10 @@ def instance_killed(lab: FaultLab, phase: Phase) -> None:
 
 
 def launched_twice(lab: FaultLab, phase: Phase) -> None:
-    lab.sims.twilio.set_latency(5)
+    # The run that plans sends at once; a refused first attempt (401, retried by the ledger) leaves the
+    # notifications to the sensor's notification run, which is then launched a second time.
+    lab.sims.twilio.set_faults(fail_next=2 * lab.burst, fail_status=401)
+    lab.sims.twilio.set_latency(8)
     lab.invoices(phase, lab.burst)
     lab.wait_for(lambda: bool(lab.notify_runs(STARTED)), 180, "a notification run in flight")
     first = lab.notify_runs(STARTED)[0]

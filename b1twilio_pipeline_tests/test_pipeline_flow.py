@@ -1,15 +1,21 @@
 """End-to-end behaviour of the pipeline against both simulators, in a PostgreSQL-backed Dagster instance:
-B1 change -> snapshot -> alert -> notification run -> Twilio -> delivery status -> B1 audit table."""
+B1 change -> snapshot -> alert -> notification (sent by the same run) -> Twilio -> delivery status -> B1 audit
+table."""
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from urllib.parse import parse_qs
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
+from dagster._core.utils import make_new_run_id
 
+from b1twilio_pipeline.b1.sensors import WINDOW
+from b1twilio_pipeline.core.automation import SENT
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
 from b1twilio_pipeline.notifications.ledger import SENDING, Ledger, RedrivePolicy
@@ -44,7 +50,10 @@ def test_new_supplier_invoice_is_texted_once_to_each_recipient(pipeline: Pipelin
 
     runs = pipeline.flow()
 
-    assert len(runs) == 1 and runs[0].success  # one run carries the tick's notifications
+    # The run that read the change sent its notifications at once: no second run, no wait for a sensor;
+    # tagged as notification history, so retention keeps it as long as the notification runs.
+    assert len(runs) == 1 and runs[0].success and runs[0].dagster_run.job_name == "b1_change_job"
+    assert pipeline.instance.get_run_by_id(runs[0].run_id).tags[SENT] == "2"  # type: ignore[union-attr]
     sent = _sms_to(pipeline, AP_PHONES)
     assert {m["to"] for m in sent} == AP_PHONES
     for message in sent:
@@ -60,6 +69,9 @@ def test_new_supplier_invoice_is_texted_once_to_each_recipient(pipeline: Pipelin
         assert event["twilio_sid"] in {m["sid"] for m in sent} and event["outcome"] == "sent"
         assert event["recipient_phone"].startswith("+15") and "*" in event["recipient_phone"]
     assert "+15005550101" not in str(events) + str(runs[0].dagster_run.tags)
+    # The one sensor watching the ledger now wants the statuses, and nothing more sent.
+    waiting = pipeline.tick("notification_sensor").run_requests
+    assert [request.job_name for request in waiting] == ["delivery_job"]
 
 
 def test_rerun_backfill_restart_and_update_send_nothing_more(pipeline: Pipeline) -> None:
@@ -103,14 +115,13 @@ def test_overdue_invoice_places_one_voice_call_with_amount_and_due_date(pipeline
         "DocTotal": 1000.0, "PaidToDate": 250.0})
 
     pipeline.refresh_state()
-    pipeline.evaluate()
-    runs = pipeline.notify()
+    runs = [pipeline.evaluate(), *pipeline.notify()]
     pipeline.refresh_state()
-    pipeline.evaluate()
-    runs += pipeline.notify()
+    runs += [pipeline.evaluate(), *pipeline.notify()]
 
     calls = [c for c in pipeline.twilio.calls() if c["to"] == "+15005550103"]
-    assert len(runs) == 1 and len(calls) == 1 and len(pipeline.notifications(runs)) == 1
+    # The run that evaluated the invoice placed the call: no notification run was needed.
+    assert len(runs) == 2 and len(calls) == 1 and len(pipeline.notifications(runs)) == 1
     twiml = _call_twiml(pipeline)[0]
     assert "750.00" in twiml and due.isoformat() in twiml and str(invoice["DocNum"]) in twiml
     assert "40 days overdue" in twiml
@@ -179,9 +190,8 @@ def test_undelivered_sms_is_a_delivery_exception(pipeline: Pipeline) -> None:
 
 def test_crash_between_send_and_sid_neither_loses_nor_duplicates(pipeline: Pipeline) -> None:
     _add_supplier_invoice(pipeline)
-    pipeline.poll()
-    pipeline.evaluate()
-    # An earlier run claimed the notification, Twilio accepted the SMS, then the worker died before it
+    pipeline.plan_unsent()
+    # A later run claimed the notification, Twilio accepted the SMS, then the worker died before it
     # recorded the SID; its lease has run out.
     dead = Ledger(pipeline.database.engine, RedrivePolicy(lease=timedelta(0)))
     victim = dead.due(utcnow())[0]
@@ -223,3 +233,25 @@ def test_missed_window_is_filled_by_a_backfill_and_alerts_then(pipeline: Pipelin
     pipeline.notify()
 
     assert len(_sms_to(pipeline, AP_PHONES)) == 2
+
+
+def test_a_window_whose_run_died_is_read_again_within_minutes(pipeline: Pipeline) -> None:
+    invoice = _add_supplier_invoice(pipeline)
+    partitions = pipeline.defs.resolve_job_def("b1_change_job").partitions_def
+    window = partitions.get_partition_key_for_timestamp(time.time())  # type: ignore[union-attr]
+    reading = dg.DagsterRun(job_name="b1_change_job", run_id=make_new_run_id(), status=dg.DagsterRunStatus.STARTED,
+                            tags={WINDOW: window})
+    pipeline.instance.add_run(reading)  # a run reading that window, started before the invoice was saved
+
+    waiting = pipeline.tick("b1_change_sensor")
+    assert not waiting.run_requests and "wait for the run reading it" in waiting.skip_reason.skip_message
+    # Its worker was SIGKILLed three minutes ago: the run stays STARTED (the default launcher cannot tell).
+    engine = sa.create_engine(pipeline.instance.run_storage.postgres_url)  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET update_timestamp = update_timestamp - interval '3 minutes' "
+                             "WHERE run_id = :run_id"), {"run_id": reading.run_id})
+    engine.dispose()
+
+    runs = pipeline.detect()  # the dead run no longer holds the window back
+    assert len(runs) == 1 and {m["to"] for m in _sms_to(pipeline, AP_PHONES)} == AP_PHONES
+    assert all(str(invoice["DocNum"]) in m["body"] for m in _sms_to(pipeline, AP_PHONES))

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from b1twilio_pipeline.core.automation import KIND
+from b1twilio_pipeline.core.automation import KIND, SENT
 from b1twilio_pipeline.definitions import defs
 from b1twilio_sim.deployment import SQLITE_INSTANCE
 
@@ -21,8 +21,9 @@ def work(context: dg.OpExecutionContext) -> None:
     context.log.info("some work")
 
 
-def _runs_of(kind: str, instance: dg.DagsterInstance, count: int) -> list[str]:
-    job = dg.GraphDefinition(f"{kind}_work", node_defs=[work]).to_job(tags={KIND: kind})
+def _runs_of(kind: str, instance: dg.DagsterInstance, count: int, sent: int | None = None) -> list[str]:
+    tags = {KIND: kind, **({SENT: str(sent)} if sent is not None else {})}
+    job = dg.GraphDefinition(f"{kind}_work", node_defs=[work]).to_job(tags=tags)
     return [job.execute_in_process(instance=instance).run_id for _ in range(count)]
 
 
@@ -35,7 +36,8 @@ def test_old_runs_go_notification_history_stays_longer(fresh_pg_instance: dg.Dag
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     instance = fresh_pg_instance
     changes = _runs_of("change", instance, 3)
-    notifications = _runs_of("notification", instance, 2)
+    # Notification runs, and a change run that sent what it planned at once: notification history.
+    notifications = _runs_of("notification", instance, 2, sent=4) + _runs_of("change", instance, 1, sent=2)
     waiting = instance.create_run_for_job(dg.GraphDefinition("queued_work", node_defs=[work]).to_job(),
                                           tags={KIND: "change"}).run_id
     assert instance.all_logs(changes[0])
@@ -54,7 +56,7 @@ def test_old_runs_go_notification_history_stays_longer(fresh_pg_instance: dg.Dag
     assert instance.get_run_by_id(first.run_id) is not None  # a run does not delete itself
 
     second = _retention(instance, operational_days=0, notification_days=0)
-    assert second.output_for_node("delete_old_runs") == 2 + 1
+    assert second.output_for_node("delete_old_runs") == 3 + 1
     assert not any(instance.get_run_by_id(run_id) for run_id in [*notifications, first.run_id])
     assert instance.get_run_by_id(waiting) is not None
 

@@ -14,6 +14,9 @@ AC = dg.AutomationCondition
 RUNNING = dg.DefaultSensorStatus.RUNNING
 TAG_PREFIX = "b1twilio"
 KIND = f"{TAG_PREFIX}/kind"  # change | refresh | notification | delivery: the one tag to filter runs by
+# On every run that sent notifications (a notification run, or a change run that sent what it planned at
+# once): how many. Such runs' events are the notification history, kept for its own retention period.
+SENT = f"{TAG_PREFIX}/notifications"
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
               dg.DagsterRunStatus.STARTED]
 # A run that has not moved for this long is a dead worker's (the default launcher cannot tell): ignore it.
@@ -22,10 +25,11 @@ STALE_RUN = timedelta(minutes=10)
 CALENDAR_CRON = "5 0 * * *"
 
 
-def runs_in_flight(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None) -> int:
-    """Unfinished runs of a job that were updated lately: launching another would only pile up."""
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None,
+                   stale: timedelta = STALE_RUN) -> int:
+    """Unfinished runs of a job updated within `stale`: launching another would only pile up."""
     return instance.get_runs_count(dg.RunsFilter(
-        job_name=job_name, statuses=UNFINISHED, tags=tags or {}, updated_after=datetime.now(UTC) - STALE_RUN))
+        job_name=job_name, statuses=UNFINISHED, tags=tags or {}, updated_after=datetime.now(UTC) - stale))
 
 
 def refresh_condition(cron: str, timezone: str) -> dg.AutomationCondition:

@@ -65,6 +65,13 @@ def _phone_problem(number: str) -> str | None:
     return None if is_e164(number) else "is not an E.164 number: '+', country code and number, no spaces"
 
 
+def _basic_user_problem(name: str) -> str | None:
+    """HTTP Basic carries `user:password`: a colon in the user would split it wrongly."""
+    if ":" in name or not name.isprintable() or len(name) > 64:
+        return "must be at most 64 printable characters without ':' (HTTP Basic authentication)"
+    return None
+
+
 def _window_start_problem(text: str) -> str | None:
     try:
         datetime.strptime(text, "%Y-%m-%d-%H:%M")
@@ -130,6 +137,9 @@ class Settings(BaseSettings):
     b1_password: SecretStr | None = None
     b1_ca_bundle: str | None = Field(None, description="PEM CA bundle when B1 uses a self-signed certificate")
     b1_timezone: TimeZone = Field("UTC", description="the B1 server's zone: UpdateDate/UpdateTime are local")
+    b1_webhook_username: Annotated[str, _checked(_basic_user_problem)] | None = Field(
+        None, description="Basic user B1's webhooks authenticate with; unset: no webhooks, polling only")
+    b1_webhook_password: SecretStr | None = None
     # Twilio
     twilio_account_sid: Annotated[str, _checked(_sid_problem("AC", "the Twilio console"))] | None = None
     twilio_auth_token: SecretStr | None = None
@@ -155,11 +165,14 @@ class Settings(BaseSettings):
         None, description="first window; default the window of the deployment's first start")
     b1twilio_state_refresh_minutes: Annotated[int, _checked(_one_of(REFRESH_MINUTES))] = 30
     b1twilio_change_check_seconds: Count = 30
+    b1twilio_notification_check_seconds: Count = 30
     b1twilio_send_max_attempts: Count = 8
     b1twilio_send_retry_seconds: Count = 30
     b1twilio_send_lease_seconds: Count = 600
     b1twilio_receipt_max_hours: Count = 72
     b1twilio_admin_group: str = "admins"
+    b1twilio_blind_after_minutes: Count = Field(
+        15, description="how long B1 may not answer, or an entity go unpolled, before the admins are told")
     b1twilio_retention_days: Count = 14
     b1twilio_notification_retention_days: Count = 400
 

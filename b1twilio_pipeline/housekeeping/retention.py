@@ -2,8 +2,10 @@
 deletes it, and an instance that keeps every change run's events slows down its UI and its database.
 
 Two periods: operational runs (change windows, state refreshes, delivery reconciliation, this job) are
-kept `B1TWILIO_RETENTION_DAYS`; notification runs, whose `sent_notifications` events are the notification
-history people search by rule, document and recipient, are kept `B1TWILIO_NOTIFICATION_RETENTION_DAYS`.
+kept `B1TWILIO_RETENTION_DAYS`; runs that sent notifications (tagged `b1twilio/notifications`: notification
+runs, and change runs that sent what they planned at once), whose `sent_notifications` events are the
+notification history people search by rule, document and recipient, are kept
+`B1TWILIO_NOTIFICATION_RETENTION_DAYS`.
 Unfinished runs are never touched. The permanent record is elsewhere: the B1 audit table (`@B1TW_AUDIT`)
 and the store's ledger, which this job does not prune.
 """
@@ -13,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
-from b1twilio_pipeline.core.automation import KIND
+from b1twilio_pipeline.core.automation import KIND, SENT
 from b1twilio_pipeline.core.settings import current
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-NOTIFICATION_KINDS = ("notification",)
 PAGE = 200
 
 
@@ -53,7 +54,7 @@ def delete_old_runs(context: dg.OpExecutionContext, config: RetentionConfig) -> 
             run = record.dagster_run
             if run.run_id == context.run_id:
                 continue
-            kind = "notification" if run.tags.get(KIND) in NOTIFICATION_KINDS else "operational"
+            kind = "notification" if SENT in run.tags else "operational"
             cutoff = notification_cutoff if kind == "notification" else operational_cutoff
             if record.create_timestamp < cutoff:
                 instance.delete_run(run.run_id)

@@ -1,5 +1,6 @@
-"""The notification stage's definitions: the plan (following the alerts), the sending job and its
-sensor, delivery status and its sensor, the write-back of receipts to B1, and the dry run of a rules file."""
+"""The notification stage's definitions: the plan (following the alerts), the sending job, delivery
+status, the sensor that watches the ledger for both, the write-back of receipts to B1, and the dry run of
+a rules file."""
 
 import dagster as dg
 
@@ -9,12 +10,14 @@ from b1twilio_pipeline.notifications.deliveries import notification_deliveries, 
 from b1twilio_pipeline.notifications.plan import notification_plan
 from b1twilio_pipeline.notifications.preview_asset import rules_preview
 from b1twilio_pipeline.notifications.send import notify_job
-from b1twilio_pipeline.notifications.sensors import delivery_job, delivery_status_sensor, notification_sensor
+from b1twilio_pipeline.notifications.sensors import build_notification_sensor, delivery_job
 
-planning = with_condition(notification_plan, follow_condition())
 
-defs = dg.Definitions(
-    assets=[planning, sent_notifications, notification_deliveries, b1_audit_records, rules_preview],
-    jobs=[notify_job, delivery_job],
-    sensors=[notification_sensor, delivery_status_sensor],
-)
+def notifications_definitions(check_seconds: int) -> dg.Definitions:
+    """The stage, its sensor ticking every `check_seconds` (B1TWILIO_NOTIFICATION_CHECK_SECONDS)."""
+    return dg.Definitions(
+        assets=[with_condition(notification_plan, follow_condition()), sent_notifications, notification_deliveries,
+                b1_audit_records, rules_preview],
+        jobs=[notify_job, delivery_job],
+        sensors=[build_notification_sensor(check_seconds)],
+    )

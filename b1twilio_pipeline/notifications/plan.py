@@ -1,7 +1,10 @@
 """The notification plan: each new alert becomes one ledger row per recipient (recorded before anything is
 sent), with the quiet-hours hold already computed, and one row per person of each step of the rule's
-escalation policy, due at its minutes. The notification sensor launches the sending run for rows that are
-due."""
+escalation policy, due at its minutes. What is due at once is sent by the same step, in the run that
+found the change: a second run (and the wait for the sensor that would launch it) is the larger part of
+a change's way to the phone. Everything later (quiet hours, escalation steps, retries, what a dead run
+left) is the notification sensor's: it launches the sending run for rows that become due. Both send
+through the ledger's claims, so a row is sent once whoever gets to it."""
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -22,6 +25,8 @@ from b1twilio_pipeline.core.phones import mask_phone
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.digests import Digests
 from b1twilio_pipeline.notifications.ledger import Ledger, PlannedNotification, bounded_id
+from b1twilio_pipeline.notifications.send import Sender, send_due
+from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
 
@@ -88,15 +93,17 @@ def gather(config: RulesConfig, rule: Rule, rows: Sequence[PlannedNotification],
     group_name=ALERTS_GROUP,
     kinds={"python", "sql"},
     description="Each new alert becomes one notification per recipient in the ledger (recorded before "
-                "anything is sent), held until quiet hours end where the rule says so.",
+                "anything is sent), held until quiet hours end where the rule says so; those due now are "
+                "sent at once (each logged as an event of notifications/sent_notifications).",
 )
-def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
+def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource, twilio: TwilioResource,
                       database: DatabaseResource) -> dg.MaterializeResult:
     config = rules.load()
     alerts, ledger = AlertStore(database.engine), Ledger(database.engine)
     planned = held = 0
     now = utcnow()
     problems: list[dict[str, str]] = []
+    due_now: list[tuple[str, int]] = []  # (notification id, claims so far): fresh rows have none
     for event in alerts.unplanned():
         rule = config.find_rule(event.rule_id)
         try:
@@ -117,7 +124,11 @@ def notification_plan(context: dg.AssetExecutionContext, rules: RulesResource,
             context.log.warning(f"alert {event.alert_id} not planned: {reason}")
             continue
         held += sum(1 for row in rows if row.not_before > now)
+        due_now += [(row.notification_id, 0) for row in rows if row.not_before <= now]
     context.log.info(f"planned {planned} notification(s), {held} held by quiet hours")
+    outcomes = send_due(context, Sender(ledger, twilio, config, owner=context.run_id), due_now,
+                        twilio.max_concurrency) if due_now else []
     return dg.MaterializeResult(metadata={
         "planned": planned, "held_by_quiet_hours": held, "not_planned": len(problems),
+        "sent_at_once": sum(1 for outcome in outcomes if outcome.result in ("sent", "adopted")),
         "not_planned_alerts": dg.MetadataValue.md(markdown_table(problems, empty="None."))})

@@ -1,6 +1,8 @@
-"""The notification run: the notification sensor hands it the due notifications of one tick; it sends them
-with bounded concurrency (Twilio limits concurrent requests per account) and logs one materialization of
-`notifications/sent_notifications` per notification, so the asset's events are the audit trail.
+"""Sending: `send_due` sends a list of due notifications with bounded concurrency (Twilio limits concurrent
+requests per account) and logs one materialization of `notifications/sent_notifications` per
+notification, so the asset's events are the audit trail. The plan step calls it for what is due at once;
+the notification run (`notify_job`, launched by the notification sensor) for everything that becomes due
+later.
 
 Each notification goes through the ledger's state machine (see `ledger`): claim, send, record the SID.
 Nothing here retries by itself: a failure that may pass (an outage, a missing secret, a recipient
@@ -11,7 +13,7 @@ message up before sending (`TwilioResource.deliver`).
 """
 
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
-from b1twilio_pipeline.core.automation import KIND
+from b1twilio_pipeline.core.automation import KIND, SENT
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, current
@@ -36,6 +38,7 @@ from b1twilio_pipeline.notifications.ledger import (
     bounded_id,
 )
 from b1twilio_pipeline.notifications.twilio_api import AmbiguousDelivery, Outbound, SentNotification, TwilioSendError
+from b1twilio_pipeline.notifications.twilio_auth import TwilioAuth
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
@@ -75,6 +78,7 @@ class Sender:
     def __init__(self, ledger: Ledger, twilio: TwilioResource, rules: RulesConfig, owner: str) -> None:
         self.ledger, self.twilio, self.rules, self.owner = ledger, twilio, rules, owner
         self.acks = Acknowledgements(ledger.engine)
+        self.auth = TwilioAuth(ledger.engine)  # self-monitoring: does Twilio accept our credentials?
 
     def process(self, notification_id: str, attempts: int) -> Outcome | None:
         now = utcnow()
@@ -88,6 +92,7 @@ class Sender:
         except AmbiguousDelivery as error:
             return self._give_up(claimed, None, f"needs review: {error}", status=REVIEW)
         except TwilioSendError as error:
+            self.auth.saw(error)
             if error.permanent:
                 return self._give_up(claimed, error.code, str(error))
             return self._retry(claimed, error.code, str(error), may_have_sent=error.may_have_sent)
@@ -115,6 +120,7 @@ class Sender:
         return self._complete(n, self.twilio.deliver(out, lookup_since=lookup_since, is_foreign=self._foreign(n)))
 
     def _complete(self, n: Notification, sent: SentNotification) -> Outcome:
+        self.auth.saw(None)
         try:
             recorded = self.ledger.complete(n.notification_id, self.owner, sent.sid, sent.status)
         except IntegrityError:
@@ -194,14 +200,13 @@ class NotifyConfig(dg.Config):
     notifications: list[DueNotification]
 
 
-@dg.op(description="Send the due notifications of one sensor tick through Twilio, each recorded in the "
-                   "ledger before and after, at most TwilioResource.max_concurrency at once.")
-def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rules: RulesResource,
-                       twilio: TwilioResource, database: DatabaseResource) -> None:
-    sender = Sender(Ledger(database.engine), twilio, rules.load(), owner=context.run_id)
+def send_due(context: dg.OpExecutionContext | dg.AssetExecutionContext, sender: Sender,
+             due: Sequence[tuple[str, int]], concurrency: int) -> list[Outcome]:
+    """Send `due` (notification id, claims seen) at most `concurrency` at once, logging one line and, for
+    each that went out or ended for good, one materialization of `notifications/sent_notifications`."""
     outcomes: list[Outcome] = []
-    with ThreadPoolExecutor(max_workers=max(1, twilio.max_concurrency), thread_name_prefix="notify") as pool:
-        futures = [pool.submit(sender.process, due.notification_id, due.attempts) for due in config.notifications]
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="notify") as pool:
+        futures = [pool.submit(sender.process, notification_id, attempts) for notification_id, attempts in due]
         for future in as_completed(futures):
             outcome = future.result()
             if outcome is None:
@@ -216,6 +221,18 @@ def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rul
     counts = {result: sum(1 for o in outcomes if o.result == result)
               for result in ("sent", "adopted", "held", "retry", "failed", "review", SKIPPED)}
     context.log.info(f"notifications: {counts}")
+    if outcomes and SENT not in context.run.tags:  # its events are notification history: kept as long
+        context.instance.add_run_tags(context.run_id, {SENT: str(len(outcomes))})
+    return outcomes
+
+
+@dg.op(description="Send the due notifications of one sensor tick through Twilio, each recorded in the "
+                   "ledger before and after, at most TwilioResource.max_concurrency at once.")
+def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rules: RulesResource,
+                       twilio: TwilioResource, database: DatabaseResource) -> None:
+    sender = Sender(Ledger(database.engine), twilio, rules.load(), owner=context.run_id)
+    outcomes = send_due(context, sender, [(due.notification_id, due.attempts) for due in config.notifications],
+                        twilio.max_concurrency)
     lost = [o for o in outcomes if o.result in ("failed", "review")]
     if lost:
         first = lost[0]
