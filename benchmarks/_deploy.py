@@ -42,10 +42,11 @@ from benchmarks._common import REPO_ROOT
 from benchmarks._cpu import CpuMeter, cpu_meter
 
 TIMEZONE = "Europe/Berlin"  # the simulated B1 server's and the rules' zone
-MODULES = {"current": "b1twilio_pipeline.definitions", "baseline": "b1twilio_pipeline.definitions",
-           "floor": "benchmarks.empty_location"}
+MODULES = {"current": "b1twilio_pipeline.definitions", "webhooks": "b1twilio_pipeline.definitions",
+           "baseline": "b1twilio_pipeline.definitions", "floor": "benchmarks.empty_location"}
 # Jobs a design must have and must not have: proves which code the code server loaded.
-SIGNATURE_JOBS = {"current": ({"b1_change_job"}, set()), "baseline": ({"snapshot_job"}, {"b1_change_job"}),
+SIGNATURE_JOBS = {"current": ({"b1_change_job"}, set()), "webhooks": ({"b1_change_job"}, set()),
+                  "baseline": ({"snapshot_job"}, {"b1_change_job"}),
                   "floor": (set(), {"snapshot_job", "b1_change_job"})}
 SETTINGS_PREFIXES = ("B1_", "TWILIO_", "B1TWILIO_", "PHONE_", "DAGSTER_PG")
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -121,8 +122,9 @@ class Deployment:
             rules = self.folder / "rules.yaml"
             rules.write_text(setup.rules)
             creds = Credentials.from_environment()
+            webhooks = setup.design == "webhooks"  # B1 posts its changes to the receiver
             self.sims = start_simulators(creds, self.store_url, timezone=TIMEZONE, seed=setup.seed,
-                                         receiver=False)
+                                         receiver=webhooks, rules=rules if webhooks else None, webhooks=webhooks)
             pipeline = pipeline_environment(creds, self.sims, dagster_home=self.home, rules=rules,
                                             database_url=self.store_url, timezone=TIMEZONE,
                                             secrets_file=self.folder / "no-secrets.enc")

@@ -17,7 +17,9 @@ from pathlib import Path
 from benchmarks import _baseline
 from benchmarks._deploy import Deployment, Setup
 
-DESIGNS = ("floor", "baseline", "current")  # the order they are measured in
+# The order they are measured in. `webhooks` is `current` with B1's webhooks on (the receiver, the B1
+# simulator subscribed to it, b1_webhook_sensor running), measured on the first storage only.
+DESIGNS = ("floor", "baseline", "current", "webhooks")
 STORAGES = ("sqlite", "postgres")
 QUIET_S = 60.0  # settled: this long without a queued or running run and without a new SMS or call
 # (two ticks of the slowest sensor)

@@ -28,7 +28,7 @@ IDLE_RUNS_PER_HOUR = Target("≤ 6 runs/h", 6)
 IDLE_CPU_ABOVE_FLOOR = Target("≤ 60 CPU s/h above the floor", 60)
 IDLE_STORAGE_PER_DAY = {"sqlite": Target("≤ 50 MB/idle day", 50 * MB),
                         "postgres": Target("≤ 10 MB/idle day", 10 * MB)}
-LATENCY_MEDIAN = Target("median ≤ 30 s", 30)
+LATENCY_MEDIAN = {"polling": Target("median ≤ 30 s", 30), "webhooks": Target("median ≤ 10 s with webhooks", 10)}
 LATENCY_P95 = Target("p95 ≤ 60 s", 60)
 BURST_SECONDS = {100: Target("all 100 within 60 s", 60), 1000: Target("all 1,000 within 5 min", 300)}
 DUPLICATES = Target("0 duplicates", 0)

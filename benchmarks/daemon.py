@@ -23,6 +23,7 @@ from benchmarks._session import DaemonOptions, Session, log, wait_settled
 
 NAMES = ("idle", "latency", "bursts")
 SHIPPED_RULES = {"current": Path("b1twilio_pipeline/alerts/default_rules.yaml"),
+                 "webhooks": Path("b1twilio_pipeline/alerts/default_rules.yaml"),
                  "baseline": Path("b1twilio_pipeline/default_rules.yaml")}
 
 
@@ -73,12 +74,12 @@ def _measure(run: _Run, only: Collection[str]) -> None:
         run.burst_figures.append(bursts.measure(deployment, size, options.burst_timeout_s, options.burst_grace_s))
 
     for design in options.designs:
-        for storage in options.storages:
+        for storage in options.storages[:1] if design == "webhooks" else options.storages:
             changes = "latency" in only and design != "floor" and storage == options.storages[0]
             if "idle" in only or changes:
                 setup = Setup(design, storage, run.shipped_rules(design), seed=options.demo_data)
                 run.within(setup, partial(idle_and_changes, changes=changes))
-        if "bursts" in only and design != "floor":
+        if "bursts" in only and design not in ("floor", "webhooks"):  # a burst is one change: no webhook gain
             for size in options.bursts:
                 run.within(Setup(design, "queued", bursts.rules(size), seed=False), partial(burst, size=size))
 
@@ -97,8 +98,10 @@ def run(options: DaemonOptions, only: Collection[str] = NAMES) -> list[BenchResu
     commit = " ".join(_baseline.describe_commit().split()[:2])
     common = [
         f"Designs: floor = `dagster dev` serving an empty code location; baseline = commit {commit} (a poll "
-        "every minute, one run per notification); current = this working tree. Status callbacks off "
-        "(statuses polled).",
+        "every minute, one run per notification); current = this working tree, status callbacks off "
+        "(statuses polled); webhooks = this working tree with B1's webhooks on (the receiver, the B1 "
+        "simulator subscribed to it as `b1twilio setup-b1-webhooks` does, b1_webhook_sensor every 3 s, "
+        "status callbacks on).",
         "CPU: " + (", ".join(sorted(daemon_run.meters)) or "no deployment came up") + ".",
         *(f"Not measured: {problem}" for problem in daemon_run.problems),
     ]
