@@ -27,6 +27,7 @@ from referencing.jsonschema import DRAFT4
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from b1twilio_pipeline.notifications.sms_length import segments
 from b1twilio_pipeline_tests.fixtures_twilio import SIM_FROM_NUMBER, CallbackSink
 from b1twilio_sim.twilio import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioSimulator
 
@@ -52,6 +53,19 @@ def spec_properties(schema: str) -> set[str]:
     if not SPEC.exists():
         pytest.skip("Twilio OpenAPI spec not available")
     return set(json.loads(SPEC.read_text())["components"]["schemas"][schema]["properties"])
+
+
+@pytest.mark.parametrize(("body", "parts"), [
+    ("€" * 80, "1"),  # an extension character is two septets: 160 fit in one SMS
+    ("€" * 81, "2"),
+    ("a" * 160, "1"),
+    ("ü" * 70 + "ł", "2"),  # one character outside GSM-7: UCS-2, 70 units alone, 67 per part
+    ("😀" * 35, "1"),  # beyond the BMP: two units each
+    ("😀" * 36, "2"),
+])
+def test_segments_are_counted_as_twilio_bills_them(twilio_sim: TwilioSimulator, body: str, parts: str) -> None:
+    message = send_message(twilio_sim, Body=body).json()
+    assert message["num_segments"] == parts and segments(body) == int(parts)  # the product counts alike
 
 
 def test_message_create_answers_twilio_shape(twilio_sim: TwilioSimulator) -> None:

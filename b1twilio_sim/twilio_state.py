@@ -50,8 +50,9 @@ DELIVERY_ERRORS: dict[int, str] = {
 _DEFAULT_ERROR = {"undelivered": 30003, "failed": 30008}
 _GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
-    "¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
+_GSM7_EXTENSION = set("^{}\\[~]|€\f")  # sent as an escape and the character: two septets each
 
 
 def new_sid(prefix: str) -> str:
@@ -59,11 +60,13 @@ def new_sid(prefix: str) -> str:
 
 
 def num_segments(body: str) -> int:
-    """SMS segment count: GSM-7 160/153 characters per segment, otherwise UCS-2 70/67."""
-    single, multi = (160, 153) if set(body) <= _GSM7 else (70, 67)
-    if len(body) <= single:
-        return 1
-    return -(-len(body) // multi)
+    """SMS segment count: GSM-7 160/153 septets per segment (the extension characters take two), otherwise
+    UCS-2 70/67 code units (a character beyond the Basic Multilingual Plane, an emoji, takes two)."""
+    if set(body) <= _GSM7 | _GSM7_EXTENSION:
+        units, single, multi = sum(2 if c in _GSM7_EXTENSION else 1 for c in body), 160, 153
+    else:
+        units, single, multi = sum(2 if ord(c) > 0xFFFF else 1 for c in body), 70, 67
+    return 1 if units <= single else -(-units // multi)
 
 
 @dataclass

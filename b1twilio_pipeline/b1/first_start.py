@@ -6,30 +6,23 @@ history.)"""
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
+from b1twilio_pipeline.core import milestones
 from b1twilio_pipeline.core.database import database_url
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.errors import ConfigurationError
-from b1twilio_pipeline.core.schema import milestones
-from b1twilio_pipeline.core.sql import aware, utcnow
+from b1twilio_pipeline.core.sql import utcnow
 
 FIRST_START = "first_start"
 
 
 def first_start(database: DatabaseResource) -> datetime:
-    """When this deployment first asked (now, the first time); every process agrees on the same moment."""
+    """When this deployment first asked (now, the first time); every process agrees on the same moment:
+    the first to record it wins, and everyone reads what was recorded."""
     try:
-        engine = database.engine
-        try:
-            with engine.begin() as conn:
-                if _recorded(conn) is None:
-                    conn.execute(milestones.insert().values(name=FIRST_START, at=utcnow()))
-        except IntegrityError:
-            pass  # another process recorded it first: theirs is read below
-        with engine.connect() as conn:
-            recorded = _recorded(conn)
+        milestones.open_once(database.engine, FIRST_START, utcnow())
+        recorded = milestones.read(database.engine, FIRST_START)
     except SQLAlchemyError as exc:
         where = sa.make_url(database_url(database.database_url)).render_as_string(hide_password=True)
         raise ConfigurationError(
@@ -38,7 +31,3 @@ def first_start(database: DatabaseResource) -> datetime:
             "B1TWILIO_PARTITIONS_START") from None
     assert recorded is not None
     return recorded
-
-
-def _recorded(conn: Connection) -> datetime | None:
-    return aware(conn.execute(sa.select(milestones.c.at).where(milestones.c.name == FIRST_START)).scalar())

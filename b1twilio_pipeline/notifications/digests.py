@@ -72,5 +72,5 @@ class Digests:
     def _new_digest(self, conn: Connection, item: PlannedNotification, until: datetime) -> str:
         digest = replace(item, notification_id=bounded_id("digest", item.rule_id, item.recipient, until.isoformat()),
                          document=f"digest of {item.rule_id}", not_before=until, escalation_of=None)
-        Ledger(self.engine).insert_planned(conn, [digest], digest=True)
+        Ledger.insert_planned(conn, [digest], digest=True)
         return digest.notification_id

@@ -163,13 +163,15 @@ class Ledger:
                 .values(escalated=True, updated_at=utcnow())).rowcount
             return self.insert_planned(conn, planned) if claimed else 0
 
-    def insert_planned(self, conn: Connection, planned: Sequence[PlannedNotification], *, digest: bool = False) -> int:
-        """Insert rows in the caller's transaction (existing ids are left alone); how many were new."""
+    @staticmethod
+    def insert_planned(conn: Connection, planned: Sequence[PlannedNotification], *, digest: bool = False) -> int:
+        """Insert rows in the caller's transaction (existing ids are left alone); how many were new. Static:
+        it needs no re-drive policy, so any stage planning in its own transaction can call it."""
         now = utcnow()
         new = 0
         for p in planned:
             stmt = insert(conn, notifications).values(
-                **asdict(p), ref=self._free_ref(conn, p), status=PLANNED, created_at=now, updated_at=now,
+                **asdict(p), ref=Ledger._free_ref(conn, p), status=PLANNED, created_at=now, updated_at=now,
                 next_attempt_at=p.not_before, escalated=False, attempts=0, failures=0, digest=digest,
             ).on_conflict_do_nothing(index_elements=[notifications.c.notification_id])
             new += conn.execute(stmt).rowcount or 0
