@@ -229,3 +229,26 @@ def test_without_webhook_credentials_the_sensor_is_stopped(monkeypatch: pytest.M
     monkeypatch.delenv("B1_WEBHOOK_USERNAME", raising=False)
     sensor = build_definitions().resolve_sensor_def("b1_webhook_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_with_the_webhook_endpoint_down_polling_delivers_everything_once(
+        pipeline_factory: PipelineFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("B1_WEBHOOK_USERNAME", USER)
+    monkeypatch.setenv("B1_WEBHOOK_PASSWORD", PASSWORD)
+    pipeline = pipeline_factory()
+    down = f"http://127.0.0.1:{free_port()}"  # subscribed, but no receiver listens there
+    with SapB1Session(pipeline.sap.base_url, pipeline.sap.company_db, pipeline.sap.username,
+                      pipeline.sap.password) as session:
+        setup_b1_webhooks(session, load_rules(pipeline.rules_file), down, USER, PASSWORD)
+
+    invoices = [pipeline.sap.add_document("PurchaseInvoices", {"CardCode": "V10000", "CardName": "Acme"})
+                for _ in range(2)]
+    quiet = pipeline.tick("b1_webhook_sensor")  # B1's posts went nowhere: nothing arrived
+    first = pipeline.flow()  # the poll, the source of truth
+    second = pipeline.flow()
+    texted = [m for m in pipeline.twilio.messages() if m["to"] in AP_PHONES]
+
+    assert not quiet.run_requests and len(first) == 1 and second == []
+    assert len(texted) == 4
+    for invoice in invoices:  # each invoice to each person once
+        assert sorted(m["to"] for m in texted if f" {invoice['DocNum']} " in m["body"]) == sorted(AP_PHONES)
