@@ -297,7 +297,7 @@ def pipeline_factory(pg_instance: dg.DagsterInstance, pg_store_url: str,
         resources: dict[str, dg.ConfigurableResource] = {
             "sap": SapB1Resource(service_layer_url=sap.base_url, company_db=sap.company_db,
                                  username=sap.username, password=DEMO_PASSWORD, timezone=sap.timezone,
-                                 backoff_base_s=0.01),
+                                 backoff_base_s=0.01, retry_refused_login_after_s=0.0),
             "twilio": TwilioResource(account_sid=twilio.account_sid, auth_token=twilio.auth_token,
                                      from_number=SIM_FROM_NUMBER, api_base_url=twilio.url,
                                      status_callback_url=status_callback_url, public_url=public_url,

@@ -96,6 +96,25 @@ def test_bad_credentials_one_clear_error_and_exactly_one_login_attempt(sap_sim) 
     assert caught.value.status == 401 and caught.value.code == -304
 
 
+def test_a_refused_login_is_tried_again_only_after_the_wait(sap_sim) -> None:
+    sap_sim.change_password("set-by-the-b1-admin")
+    patient = sap_session_for(sap_sim, password="manager", retry_refused_login_after_s=300.0)
+    for _ in range(3):  # three sensor ticks within the wait: one login attempt
+        with pytest.raises(SapB1AuthError):
+            patient.count("Invoices")
+    refused_logins = sap_sim.logins
+    eager = sap_session_for(sap_sim, password="manager", retry_refused_login_after_s=0.0)
+    with pytest.raises(SapB1AuthError):
+        eager.count("Invoices")
+    sap_sim.change_password("manager")  # the B1 admin sets it back
+
+    assert refused_logins == 1
+    assert eager.count("Invoices") == len(sap_sim.data["Invoices"])  # logged in again, accepted
+    with pytest.raises(SapB1AuthError):
+        patient.count("Invoices")  # still waiting
+    assert sap_sim.logins == refused_logins + 2
+
+
 def test_unknown_company_database_is_named_in_the_error(sap_sim_factory) -> None:
     sim = sap_sim_factory(version="v2")
     with pytest.raises(SapB1AuthError, match="company database 'SBOTYPO'") as caught, \

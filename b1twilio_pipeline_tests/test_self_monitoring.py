@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from b1twilio_pipeline.alerts.rules import load_rules
-from b1twilio_pipeline.b1.errors import SapB1Unavailable
+from b1twilio_pipeline.b1.errors import SapB1AuthError, SapB1Unavailable
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.ledger import PlannedNotification
 from b1twilio_pipeline.notifications.self_monitoring_checks import SERVICE_LAYER_KEY
@@ -123,6 +123,29 @@ def test_b1_not_answering_is_told_once_and_its_end_once(pipeline: Pipeline) -> N
     checks = {name: found[len(before[name]):] for name, found in _service_layer_checks(pipeline).items()}
     # One incident explains every entity: no message and no red check per entity.
     assert checks == {"b1_reachable": [False, True], "polled_item_stock": [], "polled_purchase_invoices": []}
+
+
+def test_b1_refusing_the_login_is_told_once_and_its_end_once(pipeline: Pipeline) -> None:
+    before = _service_layer_checks(pipeline)
+    pipeline.tick("b1_change_sensor")
+    password = pipeline.sap.password
+    _admin(pipeline.sap.url, "password", {"password": "changed-by-the-b1-admin"})  # sessions end too
+    with pytest.raises(SapB1AuthError):
+        pipeline.tick("b1_change_sensor")
+    _minutes_pass(pipeline, BLIND_AFTER + 1)
+    with pytest.raises(SapB1AuthError):
+        pipeline.tick("b1_change_sensor")
+    _watch(pipeline, ticks=3)
+    told = _texts_to(pipeline, ADMIN)
+    _admin(pipeline.sap.url, "password", {"password": password})  # the admin sets it back
+    pipeline.tick("b1_change_sensor")
+    _watch(pipeline, ticks=3)
+
+    assert len(told) == 1 and "refusing the login" in told[0]
+    texts = _texts_to(pipeline, ADMIN)
+    assert len(texts) == 2 and texts[1].startswith("b1twilio: SAP B1 answers again")
+    checks = {name: found[len(before[name]):] for name, found in _service_layer_checks(pipeline).items()}
+    assert checks["b1_reachable"] == [False, True]
 
 
 def test_an_entity_b1_will_not_answer_about_is_told_once_and_the_others_go_on(pipeline: Pipeline) -> None:

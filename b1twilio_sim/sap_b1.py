@@ -171,6 +171,15 @@ class SapB1Simulator(CompanyDatabase, SimulatorServer):
             self.sessions.clear()
             return count
 
+    def change_password(self, password: str) -> int:
+        """The B1 administrator gives the user a new password: every session ends, and a login with the old
+        one is refused (401 -304) until the pipeline is configured with the new one. Returns the sessions
+        ended."""
+        if not password:
+            raise ValueError("password must not be empty")
+        self.password = password
+        return self.expire_sessions()
+
     # ------------------------------------------------------------------------- requests and faults
 
     def request_counts(self) -> dict[str, int]:

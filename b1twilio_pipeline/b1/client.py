@@ -2,7 +2,8 @@
 
 The session logs in lazily and once (under a lock: parallel logins fail on a real Service Layer), sends
 the B1SESSION and ROUTEID cookies on every call, renews an expired session exactly once per call (also in
-the middle of a paged read, continuing with the same next link), never retries a rejected login, retries
+the middle of a paged read, continuing with the same next link), does not repeat a rejected login (B1
+locks a user after a few failed logins) until `retry_refused_login_after_s` has passed, if ever, retries
 5xx answers and dropped connections with bounded, jittered exponential backoff (tenacity), and follows
 relative next links while asking for large pages. Messages never contain the password.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -37,7 +39,8 @@ class SapB1Session:
     def __init__(self, base_url: str, company_db: str, username: str, password: str, *,
                  ca_bundle: str | None = None, page_size: int = 1000, max_retries: int = 4,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 8.0, timeout_s: float = 30.0,
-                 renew_on_5002: bool = True, timezone: str = "UTC", logger: Any = None) -> None:
+                 renew_on_5002: bool = True, timezone: str = "UTC", logger: Any = None,
+                 retry_refused_login_after_s: float | None = None) -> None:
         self.base_url = check_service_layer_url(base_url)
         self.company_db = company_db
         self.username = username
@@ -57,6 +60,8 @@ class SapB1Session:
         self._cookie: str | None = None
         self._generation = 0
         self._auth_error: SapB1AuthError | None = None
+        self._auth_error_at = 0.0
+        self.retry_refused_login_after_s = retry_refused_login_after_s
         self.requests_made = 0
         self.logins = 0
         self.renewals = 0
@@ -178,7 +183,10 @@ class SapB1Session:
 
     def _login_locked(self) -> None:
         if self._auth_error is not None:
-            raise self._auth_error
+            wait = self.retry_refused_login_after_s
+            if wait is None or time.monotonic() - self._auth_error_at < wait:
+                raise self._auth_error
+            self._auth_error = None  # the B1 admin may have fixed the user meanwhile: one more try
         credentials = {"CompanyDB": self.company_db, "UserName": self.username, "Password": self._password}
         with self._counter_lock:
             self.logins += 1
@@ -192,7 +200,7 @@ class SapB1Session:
                 f"B1_PASSWORD and B1_COMPANY_DB"), status=response.status_code, code=code,
                 b1_message=self._redact(message))
             if isinstance(error, SapB1AuthError):
-                self._auth_error = error
+                self._auth_error, self._auth_error_at = error, time.monotonic()
             raise error
         cookies = _set_cookies(response)
         payload = self._json(response)

@@ -43,6 +43,9 @@ class SapB1Resource(dg.ConfigurableResource):
     backoff_max_s: float = 8.0
     timeout_s: float = 30.0
     renew_on_5002: bool = True
+    # How long the sensors' long-lived session waits before logging in again after B1 refused the login
+    # (a run's session never repeats a refused login: the run fails and says why).
+    retry_refused_login_after_s: float = 300.0
 
     _session: SapB1Session | None = PrivateAttr(default=None)
 
@@ -64,7 +67,7 @@ class SapB1Resource(dg.ConfigurableResource):
         """The B1 server's time zone (UpdateDate/UpdateTime are local to it)."""
         return self.settings().b1_timezone
 
-    def create_session(self, logger: Any = None) -> SapB1Session:
+    def create_session(self, logger: Any = None, retry_refused_login_after_s: float | None = None) -> SapB1Session:
         """A new session from the fields, falling back to the settings contract for unset ones."""
         now, purpose = self.settings(), "SAP B1 Service Layer login"
         return SapB1Session(
@@ -73,13 +76,15 @@ class SapB1Resource(dg.ConfigurableResource):
             now.require("b1_password", purpose), ca_bundle=now.b1_ca_bundle, page_size=self.page_size,
             max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s, timeout_s=self.timeout_s, renew_on_5002=self.renew_on_5002,
-            timezone=now.b1_timezone, logger=logger,
+            timezone=now.b1_timezone, logger=logger, retry_refused_login_after_s=retry_refused_login_after_s,
         )
 
     def probe_session(self) -> SapB1Session:
         """A session kept for the life of this process, for sensors' small questions: the code server
         evaluates sensors for weeks, and logging in on every tick would cost B1 two extra requests each
-        time. Short timeout and no retries, so a tick never waits long on an unreachable B1."""
+        time. Short timeout and no retries, so a tick never waits long on an unreachable B1. A refused login
+        is tried again every `retry_refused_login_after_s`: B1's admin can fix the user without the
+        pipeline's settings changing, and the sensors must see it (self-monitoring tells the recovery)."""
         options = self.model_copy(update={"max_retries": 0, "timeout_s": min(self.timeout_s, 5.0)})
         now = options.settings()
         password = now.b1_password.get_secret_value() if now.b1_password else ""
@@ -88,7 +93,8 @@ class SapB1Resource(dg.ConfigurableResource):
         with _probe_lock:
             session = _probe_sessions.get(key)
             if session is None:
-                session = _probe_sessions[key] = options.create_session()
+                session = _probe_sessions[key] = options.create_session(
+                    retry_refused_login_after_s=self.retry_refused_login_after_s)
             return session
 
     def session(self) -> SapB1Session:
