@@ -57,7 +57,7 @@ def test_daemon_benchmarks_measure_the_current_design_under_dagster_dev() -> Non
     go through `dagster dev`, its daemon and the simulators (about 3 minutes: two deployments)."""
     options = DaemonOptions(idle_minutes=0.5, changes=1, bursts=(3,), burst_timeout_s=240.0, burst_grace_s=5.0,
                             designs=("current",), storages=("sqlite",), demo_data=False,
-                            quiet_s=15.0, clock_quiet_s=60.0)
+                            quiet_s=15.0, clock_quiet_s=60.0, closing_read=False)
 
     idle_result, latency_result, burst_result = daemon.run(options)
 

@@ -1,5 +1,6 @@
 """Loud when the daemon is gone: every tick of the change sensor writes a heartbeat; `b1twilio watchdog`, run
-from a timer outside Dagster, texts the admins exactly once when it goes stale and once when it recovers."""
+from a timer outside Dagster, texts the admins exactly once when it goes stale and once when it recovers.
+While Twilio refuses the credentials (no text can tell of it) it fails, for the timer's OnFailure= unit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from b1twilio_pipeline.b1.sensors import HEARTBEAT
@@ -30,6 +32,8 @@ rules:
     recipients: [admins]
     template: "{{DocNum}}"
 """
+INVOICE = {"CardCode": "V10000", "CardName": "Acme Components GmbH",
+           "DocumentLines": [{"ItemCode": "A001", "Quantity": 2, "Price": 50}]}
 
 
 @pytest.fixture
@@ -39,11 +43,11 @@ def twilio() -> Iterator[TwilioSimulator]:
     sim.stop()
 
 
-def _watchdog(twilio: TwilioSimulator, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    rules = tmp_path / "rules.yaml"
+def _watchdog(twilio: TwilioSimulator, tmp_path: Path, store_url: str) -> subprocess.CompletedProcess[str]:
+    rules = tmp_path / "watchdog-rules.yaml"  # (not the pipeline's rules file)
     rules.write_text(RULES)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("B1_", "B1TWILIO_", "TWILIO_", "PHONE_"))}
-    env.update(B1TWILIO_DATABASE_URL=f"sqlite:///{tmp_path / 'store.sqlite'}", B1TWILIO_CONFIG=str(rules),
+    env.update(B1TWILIO_DATABASE_URL=store_url, B1TWILIO_CONFIG=str(rules),
                B1TWILIO_SECRETS_FILE=str(tmp_path / "none.enc"), TWILIO_ACCOUNT_SID=twilio.account_sid,
                TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_FROM_NUMBER="+15005550006",
                TWILIO_API_BASE_URL=twilio.url)
@@ -52,16 +56,17 @@ def _watchdog(twilio: TwilioSimulator, tmp_path: Path) -> subprocess.CompletedPr
                           env=env, timeout=60, check=False)
 
 
+@pytest.mark.postgres
 def test_the_admins_hear_once_when_the_daemon_stops_and_once_when_it_is_back(twilio: TwilioSimulator,
-                                                                            tmp_path: Path) -> None:
-    engine = engine_for(f"sqlite:///{tmp_path / 'store.sqlite'}")
+                                                                            tmp_path: Path, pg_store_url: str) -> None:
+    engine = engine_for(pg_store_url)
     milestones.touch(engine, HEARTBEAT, datetime.now(UTC) - timedelta(minutes=1))
-    fresh = _watchdog(twilio, tmp_path)
+    fresh = _watchdog(twilio, tmp_path, pg_store_url)
     milestones.touch(engine, HEARTBEAT, datetime.now(UTC) - timedelta(minutes=6))  # the daemon stopped
-    silent, still_silent = _watchdog(twilio, tmp_path), _watchdog(twilio, tmp_path)
+    silent, still_silent = _watchdog(twilio, tmp_path, pg_store_url), _watchdog(twilio, tmp_path, pg_store_url)
     told_down = [m["body"] for m in twilio.messages()]
     milestones.touch(engine, HEARTBEAT, datetime.now(UTC))  # it ticks again
-    back, still_back = _watchdog(twilio, tmp_path), _watchdog(twilio, tmp_path)
+    back, still_back = _watchdog(twilio, tmp_path, pg_store_url), _watchdog(twilio, tmp_path, pg_store_url)
 
     assert [run.returncode for run in (fresh, silent, still_silent, back, still_back)] == [0] * 5
     assert fresh.stdout.startswith("daemon ticking") and "admins were told already" in still_silent.stdout
@@ -77,3 +82,23 @@ def test_every_change_sensor_tick_writes_the_heartbeat(pipeline: Pipeline) -> No
     pipeline.tick("b1_change_sensor")
     beat = milestones.read(pipeline.database.engine, HEARTBEAT)
     assert beat is not None and beat >= before - timedelta(seconds=1)
+
+
+@pytest.mark.postgres
+def test_while_twilio_refuses_the_credentials_the_watchdog_fails_with_one_line(pipeline: Pipeline,
+                                                                               tmp_path: Path) -> None:
+    token, url = pipeline.twilio.auth_token, pipeline.database.database_url
+    httpx.post(f"{pipeline.twilio.url}/_admin/credentials", json={"auth_token": "rotated-in-the-console"},
+               timeout=10).raise_for_status()
+    pipeline.sap.add_document("PurchaseInvoices", INVOICE)
+    pipeline.detect()  # the heartbeat is fresh; the invoice's SMS is refused
+    refused = _watchdog(pipeline.twilio, tmp_path, url)
+    httpx.post(f"{pipeline.twilio.url}/_admin/credentials", json={"auth_token": token}, timeout=10).raise_for_status()
+    pipeline.make_due()
+    pipeline.notify()  # Twilio accepts again: the SMS goes out
+    accepted = _watchdog(pipeline.twilio, tmp_path, url)
+
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: Twilio refuses the pipeline's credentials since")
+    assert pipeline.twilio.auth_token not in refused.stdout + refused.stderr
+    assert accepted.returncode == 0 and accepted.stderr == "" and accepted.stdout.startswith("daemon ticking")

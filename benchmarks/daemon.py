@@ -62,7 +62,8 @@ def _measure(run: _Run, only: Collection[str]) -> None:
     options = run.options
 
     def idle_and_changes(deployment: Deployment, changes: bool) -> None:
-        settled = wait_settled(deployment, quiet_s=options.quiet_s, clock_quiet_s=options.clock_quiet_s)
+        settled = wait_settled(deployment, quiet_s=options.quiet_s, clock_quiet_s=options.clock_quiet_s,
+                               closing_read=options.closing_read)
         log(f"{deployment.setup.design} on {deployment.setup.storage}: settled after {settled.seconds:.0f} s "
             f"({settled.how})")
         if "idle" in only:

@@ -9,8 +9,8 @@ What is watched, each where it is seen (the moments are milestones in the store)
   (`b1.probe_health.entity_failing`). While B1 as a whole does not answer, that one incident explains
   every entity: the admins get one message, not one per entity;
 - Twilio refusing our credentials (`twilio_auth.REFUSED`), at once. No SMS can go out while it lasts, so
-  the incident is shown in the UI, and the admins hear of it, with its start, when Twilio accepts the
-  credentials again;
+  the incident is shown in the UI and by `b1twilio watchdog` failing (for systemd's OnFailure=), and the
+  admins hear of it, with its start, when Twilio accepts the credentials again;
 - notifications due for that long and not sent. The re-drive schedule makes a row due only once its
   backoff is over, and the next notification run takes it within seconds, so a row due for many minutes
   means the runs are not taking it (a jammed run queue or launcher). While the watchdog has the daemon
