@@ -5,7 +5,8 @@
     b1twilio secrets show                         names and masked values
     b1twilio secrets delete NAME
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
-    b1twilio check-config [FILE]                  validate a rules file, say what each rule would do
+    b1twilio check-config [FILE] [--companies F]  validate a rules file (or the companies file and each company's
+                                                  rules file), say what each rule would do
     b1twilio rules-schema                         the JSON Schema of the rules file, for editors
     b1twilio preview [--rules F] [--since D] [--offline]   what a rules file would send now; sends nothing
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
@@ -40,6 +41,7 @@ from b1twilio_pipeline.core.settings import ConfigurationError
 # command -> (module, function), imported only when run: the audit setup pulls in Dagster, which the
 # secrets commands should not wait for. The function receives the parsed argparse.Namespace.
 DELEGATED = {
+    "check-config": ("b1twilio_pipeline.alerts.check_config", "check_config_command"),
     "setup-b1-audit-table": ("b1twilio_pipeline.b1.audit_table", "setup_audit_table_command"),
     "setup-b1-webhooks": ("b1twilio_pipeline.notifications.b1_webhook_setup", "setup_b1_webhooks_command"),
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
@@ -128,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_rules_schema)
     check = commands.add_parser("check-config", help="validate a rules file and say what each rule does")
     check.add_argument("file", nargs="?", help="rules file (default: B1TWILIO_CONFIG, else the shipped one)")
-    check.set_defaults(handler=cmd_check_config)
+    check.add_argument("--companies", metavar="FILE",
+                       help="companies file, and every rules file it names (default: B1TWILIO_COMPANIES when no "
+                            "rules file is given)")
+    check.set_defaults(handler=_delegate("check-config"))
 
     commands.add_parser(
         "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"
@@ -301,27 +306,6 @@ def cmd_rules_schema(args: argparse.Namespace) -> int:
     from b1twilio_pipeline.alerts.rules import rules_schema_text
 
     sys.stdout.write(rules_schema_text())
-    return 0
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from b1twilio_pipeline.alerts.rules import load_rules
-
-    config = load_rules(args.file)  # an invalid file: RulesConfigError, a ConfigurationError (exit 2)
-    enabled = len(config.enabled_rules())
-    print(f"{config.source}: OK, {len(config.rules)} rules ({enabled} enabled), time zone {config.timezone}, "
-          f"locale {config.locale}")
-    for rule in config.rules:
-        print(f"  {config.describe_rule(rule)}")
-    warned: set[str] = set()
-    for group in config.recipients.values():
-        for person in group:
-            if person.phone_ref and person.key not in warned:
-                warned.add(person.key)
-                try:
-                    person.resolve_phone()
-                except ConfigurationError as exc:
-                    print(f"warning: {_one_line(str(exc))}", file=sys.stderr)
     return 0
 
 

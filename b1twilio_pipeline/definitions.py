@@ -28,7 +28,9 @@ from b1twilio_pipeline.b1.state import STATE_GROUP
 from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.automation import KIND, RUNNING
+from b1twilio_pipeline.core.companies import companies_path
 from b1twilio_pipeline.core.database_resource import DatabaseResource
+from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.housekeeping.definitions import housekeeping_definitions
 from b1twilio_pipeline.notifications.definitions import notifications_definitions
 from b1twilio_pipeline.notifications.plan import notification_plan
@@ -103,4 +105,14 @@ def build_definitions(rules_path: str | None = None,
                                 housekeeping_definitions(polling.timezone), glue)
 
 
+def _one_company() -> None:
+    """The companies file is validated by `b1twilio check-config` already; the pipeline does not watch
+    several companies yet, and must not silently watch only the one of the B1_ settings instead."""
+    if (companies := companies_path()) is not None:
+        raise ConfigurationError(f"B1TWILIO_COMPANIES={companies} is set, but this version of the pipeline watches "
+                                 "one company (the B1_ settings): unset it to run. `b1twilio check-config` "
+                                 "validates the file meanwhile")
+
+
+_one_company()
 defs = build_definitions()

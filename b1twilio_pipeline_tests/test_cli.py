@@ -247,6 +247,72 @@ def test_check_config_uses_b1twilio_config_and_warns_about_missing_phone_refs(
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+COMPANY_RULES = ("timezone: Europe/Berlin\nrecipients:\n  ap:\n    - {name: Dana, phone: \"+4915112345678\"}\n"
+                 "rules:\n  - {id: ap, kind: purchase_invoice_received, recipients: [ap]}\n")
+
+
+def _companies(tmp_path: Path, second: str) -> Path:
+    (tmp_path / "rules-de01.yaml").write_text(COMPANY_RULES)
+    path = tmp_path / "companies.yaml"
+    path.write_text(
+        "companies:\n"
+        "  - {id: de01, name: Muster GmbH, service_layer_url: 'https://b1-de.example.com:50000/b1s/v1',\n"
+        "     company_db: SBODEMODE, username: manager, password_ref: B1_PASSWORD_DE01, timezone: Europe/Berlin,\n"
+        "     rules: rules-de01.yaml}\n" + second)
+    return path
+
+
+def test_check_config_checks_the_companies_file_and_each_rules_file_it_names(cli: Cli, tmp_path: Path) -> None:
+    path = _companies(tmp_path, "  - {id: at01, name: Muster AT, service_layer_url: 'https://b1-at.example.com:50000"
+                                "/b1s/v2/', company_db: SBODEMOAT, username: manager, password_ref: B1_PASSWORD_AT01,"
+                                " timezone: Europe/Vienna, rules: rules-de01.yaml, ca_bundle: /etc/ssl/b1-at.pem}\n")
+    result = cli("check-config", env={"B1TWILIO_COMPANIES": str(path), "B1_PASSWORD_DE01": "secret-de"})
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{path}: OK, 2 companies"
+    assert lines[1] == ("company de01 (Muster GmbH): SBODEMODE at https://b1-de.example.com:50000/b1s/v1, user "
+                        "manager, time zone Europe/Berlin")
+    assert lines[2].startswith(f"  {tmp_path / 'rules-de01.yaml'}: OK, 1 rules")
+    assert "https://b1-at.example.com:50000/b1s/v2," in lines[4]  # the trailing slash dropped
+    assert result.stderr == ("warning: company 'at01': B1_PASSWORD_AT01 (its password_ref) is not set: set the "
+                             "environment variable or `b1twilio secrets set B1_PASSWORD_AT01 --force`\n")
+    assert "secret-de" not in result.stdout
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    ("  - {id: de01, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password_ref: P, timezone: UTC, rules: rules-de01.yaml}\n",
+     "company 'de01': the id is given twice: each company needs its own (it is part of partition keys and audit "
+     "records)"),
+    ("  - {id: DE-02, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password_ref: P, timezone: UTC, rules: rules-de01.yaml}\n",
+     "company 'DE-02' (entry 2): field 'id': must be 2-8 lower-case letters and digits starting with a letter, "
+     "e.g. de01"),
+    ("  - {id: de02, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password_ref: P, timezone: Europe/Berlinn, rules: rules-de01.yaml}\n",
+     "company 'de02' (entry 2): field 'timezone': is not a time zone: use an IANA name such as 'Europe/Berlin'"),
+    ("  - {id: de02, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password: hunter2, timezone: UTC, rules: rules-de01.yaml}\n",
+     "company 'de02' (entry 2): field 'password': is not a known field (id, name, service_layer_url, company_db, "
+     "username, password_ref, timezone, rules, ca_bundle)"),
+    ("  - {id: de02, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password_ref: P, timezone: UTC, rules: missing.yaml}\n",
+     "company 'de02': rules file {tmp}/missing.yaml not found: check its 'rules' in {tmp}/companies.yaml (a "
+     "relative path is taken from that file's folder)"),
+])
+def test_check_config_names_the_company_and_field_of_a_mistake(cli: Cli, tmp_path: Path, second: str,
+                                                               expected: str) -> None:
+    path = _companies(tmp_path, second)
+    result = cli("check-config", "--companies", str(path))
+
+    assert result.returncode == 2 and "hunter2" not in result.stderr
+    prefix = "" if expected.startswith("company 'de02': rules") else f"{path}: "
+    *warnings, error = result.stderr.splitlines()
+    assert error == f"error: {prefix}{expected.replace('{tmp}', str(tmp_path))}"
+    assert all(line.startswith("warning: company '") for line in warnings)
+
+
 def test_usage_errors_and_help(cli: Cli) -> None:
     helped = cli("--help")
     assert helped.returncode == 0

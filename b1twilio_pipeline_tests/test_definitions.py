@@ -25,3 +25,16 @@ def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=180, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_code_location_refuses_a_companies_file_it_would_not_follow(tmp_path: Path) -> None:
+    """Watching only the company of the B1_ settings while a companies file names others would look like
+    alerting for all of them."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "B1TWILIO_COMPANIES": str(tmp_path / "companies.yaml")}
+    result = subprocess.run([sys.executable, "-c", "import b1twilio_pipeline.definitions"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[-1] == (
+        f"b1twilio_pipeline.core.errors.ConfigurationError: B1TWILIO_COMPANIES={tmp_path / 'companies.yaml'} is "
+        "set, but this version of the pipeline watches one company (the B1_ settings): unset it to run. "
+        "`b1twilio check-config` validates the file meanwhile")

@@ -118,7 +118,8 @@ def wait_settled(deployment: Deployment, *, quiet_s: float = QUIET_S, clock_quie
             closing_at = (last_busy_wall // window_s + 1) * window_s + CLOSING_READ_GRACE_S
             log(f"quiet; waiting {max(0.0, closing_at - time.time()):.0f} s for the start-up window's closing read")
             time.sleep(max(0.0, closing_at - time.time()))
-            window_minutes, waited = None, True  # then quiet again, once
+            window_minutes, waited = None, True  # then quiet again, once, for a whole `quiet_s`
+            last_run = time.monotonic()
             continue
         if now - last_twilio >= clock_quiet_s:
             return Settled(now - started, f"no new SMS/call for {clock_quiet_s:.0f} s (runs still launched "

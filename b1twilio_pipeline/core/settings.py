@@ -35,7 +35,7 @@ __all__ = ["ConfigurationError", "Settings", "check_service_layer_url", "check_s
 WINDOW_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 REFRESH_MINUTES = (5, 10, 15, 20, 30, 60, 120, 180, 240, 360, 480, 720, 1440)
 
-_STORABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
+STORABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 Problem = Callable[[Any], str | None]  # what is wrong with a value, or None
 
 
@@ -156,6 +156,8 @@ class Settings(BaseSettings):
         None, description="public URL of the status receiver; default {B1TWILIO_PUBLIC_URL}/twilio/status")
     # The pipeline
     b1twilio_config: str | None = Field(None, description="the alert rules file")
+    b1twilio_companies: str | None = Field(
+        None, description="the companies file, for many B1 companies; unset: one, from the B1_ settings")
     b1twilio_public_url: HttpUrl | None = Field(
         None, description="public base URL of `b1twilio receiver` (statuses, SMS replies, keypresses)")
     b1twilio_database_url: str | None = Field(None, description="the store; default a SQLite file")
@@ -267,7 +269,7 @@ def check_storable(name: str, value: str, *, allow_unknown: bool = False) -> Non
     number."""
     if name == KEY_ENV:
         raise SecretsStoreError(f"{KEY_ENV} cannot be kept in the store it unlocks: export it or use the keyring")
-    if not _STORABLE_NAME.match(name):
+    if not STORABLE_NAME.match(name):
         raise SecretsStoreError(f"'{name}' is not a setting name: use A-Z, 0-9 and _ like B1_PASSWORD")
     known = Settings.names()
     if not (allow_unknown or name in known or (name.startswith("PHONE_") and len(name) > 6)):

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -21,6 +20,7 @@ from b1twilio_pipeline.alerts.rules.kinds import KIND_BY_NAME, KINDS, RULE_KINDS
 from b1twilio_pipeline.alerts.rules.recipients import Recipient
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.settings import current
+from b1twilio_pipeline.core.yaml_file import read_yaml, too_deeply_nested
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "rules.schema.json"
 _UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")  # models say the first, dataclasses the second
@@ -39,27 +39,6 @@ class RulesConfigError(ConfigurationError):
 
     def __init__(self, message: str) -> None:
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping: PyYAML would keep the last one silently,
-    so a second `template:` or a second group of the same name would replace the first unnoticed."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                repeated = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # an unhashable key: construct_mapping says so
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' is given twice in the same mapping", key_node.start_mark)
-        return super().construct_mapping(node, deep)
 
 
 def default_rules_path() -> Path:
@@ -86,26 +65,11 @@ def rules_schema_text() -> str:
 def load_rules(path: str | Path | None = None) -> RulesConfig:
     """Read and validate a rules file; RulesConfigError (one line) on any problem."""
     source = Path(path).expanduser() if path is not None else rules_path()
-    label = str(source)
+    data = read_yaml(source, "rules file", "check B1TWILIO_CONFIG or the path given", RulesConfigError)
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RulesConfigError(f"{label}: rules file not found: check B1TWILIO_CONFIG or the path given") from None
-    except OSError as exc:
-        raise RulesConfigError(f"{label}: cannot read rules file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise RulesConfigError(f"{label}: rules file is not UTF-8 text") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
         return parse_rules(data, source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise RulesConfigError(f"{label}: {where}YAML syntax error: {problem}") from None
     except RecursionError:
-        raise RulesConfigError(f"{label}: nested too deeply to be a rules file (lists or mappings inside each "
-                               "other thousands of levels deep)") from None
+        raise RulesConfigError(too_deeply_nested(source, "rules file")) from None
 
 
 def parse_rules(data: Any, source: str | Path = "<rules>") -> RulesConfig:
