@@ -26,8 +26,8 @@ class SapB1Resource(dg.ConfigurableResource):
 
     Every field may stay unset: it is then read at run time from the settings contract (env var, then the
     encrypted secrets store): B1_SERVICE_LAYER_URL, B1_COMPANY_DB, B1_USERNAME, B1_PASSWORD, B1_CA_BUNDLE,
-    B1_TIMEZONE (default UTC). `setup_for_execution` prepares the session (no network yet), the first
-    call logs in, and `teardown_after_execution` logs out. Assets call `sap_b1.session()` or the
+    B1_TIMEZONE (default UTC). The first call makes the run's session and logs in, and
+    `teardown_after_execution` logs out. Assets call `sap_b1.session()` or the
     delegating `get_all` / `get` / `count` / `post` / `patch` / `delete`.
     """
 
@@ -48,9 +48,12 @@ class SapB1Resource(dg.ConfigurableResource):
     retry_refused_login_after_s: float = 300.0
 
     _session: SapB1Session | None = PrivateAttr(default=None)
+    _logger: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._session = self.create_session(logger=getattr(context, "log", None))
+        """The session is made on first use: a sensor tick, which uses `probe_session`, pays nothing for a
+        run's session (an HTTP client with its TLS context costs tens of milliseconds, every tick)."""
+        self._logger = getattr(context, "log", None)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:
@@ -98,10 +101,9 @@ class SapB1Resource(dg.ConfigurableResource):
             return session
 
     def session(self) -> SapB1Session:
-        """The run's session (created on first use when the resource is used outside a Dagster run; the
-        caller then closes it)."""
+        """The run's session, made on first use (outside a Dagster run the caller closes it)."""
         if self._session is None:
-            self._session = self.create_session()
+            self._session = self.create_session(logger=self._logger)
         return self._session
 
     def get_all(self, entity: str, **kwargs: Any) -> Iterator[dict]:

@@ -13,8 +13,10 @@ file, not by this model: `named_value` reads them from the same two places.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, get_args
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
         None, description="first window; default the window of the deployment's first start")
     b1twilio_state_refresh_minutes: Annotated[int, _checked(_one_of(REFRESH_MINUTES))] = 30
     b1twilio_change_check_seconds: Count = 30
-    b1twilio_notification_check_seconds: Count = 30
+    b1twilio_notification_check_seconds: Count = 60
     b1twilio_send_max_attempts: Count = 8
     b1twilio_send_retry_seconds: Count = 30
     b1twilio_send_lease_seconds: Count = 600
@@ -223,13 +225,39 @@ class _SecretsStoreSource(PydanticBaseSettingsSource):
         return {name: stored[name.upper()] for name in self.settings_cls.model_fields if stored.get(name.upper())}
 
 
+_built: dict[tuple[Any, ...], Settings] = {}
+_built_lock = threading.Lock()
+
+
 def current(**given: Any) -> Settings:
     """The settings now: `given` values (resource config; None or "" means not given, as an empty variable
-    does), then the environment, the store and the defaults, all through the same checks."""
+    does), then the environment, the store and the defaults, all through the same checks.
+
+    Building the model costs milliseconds, and sensors ask several times a tick all day long: a model is
+    reused while what it was built from (the given values, the variables, the store's content) is the same,
+    so a changed variable or stored secret still shows at the next call."""
+    given = {name: value for name, value in given.items() if value not in (None, "")}
+    names = _setting_names()
+    key = (tuple(sorted((name, repr(value)) for name, value in given.items())),
+           tuple(sorted((name.upper(), value) for name, value in os.environ.items() if name.upper() in names)),
+           tuple(sorted(read_secrets().items())))
+    with _built_lock:
+        if (found := _built.get(key)) is not None:
+            return found
     try:
-        return Settings(**{name: value for name, value in given.items() if value not in (None, "")})
+        settings = Settings(**given)
     except ValidationError as exc:
         raise ConfigurationError(_one_line(exc)) from None
+    with _built_lock:
+        if len(_built) >= 64:  # resources with different overrides, changed settings: a few at a time
+            _built.clear()
+        _built[key] = settings
+    return settings
+
+
+@functools.cache
+def _setting_names() -> frozenset[str]:
+    return frozenset(Settings.names())
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -3,7 +3,7 @@ became due (`notify_job`) and, while any message or call waits for a status, the
 statuses, decides escalations and writes receipts to B1 (`delivery_job`). It reads only our own database
 (and Dagster's run list), never Twilio, and each tick also runs self-monitoring (`self_monitoring`).
 
-It ticks every B1TWILIO_NOTIFICATION_CHECK_SECONDS (30): a new alert's notifications are sent by the run
+It ticks every B1TWILIO_NOTIFICATION_CHECK_SECONDS (60): a new alert's notifications are sent by the run
 that planned them (see `plan`), so what waits for this sensor is later by nature (a quiet-hours hold, an
 escalation step, a retry after backoff, a status). One sensor rather than two because each tick is paid
 for by the daemon and the code server all day long, whatever the sensor finds.
