@@ -195,6 +195,7 @@ def test_settings_env_over_store_over_default(store_env: Path, monkeypatch: pyte
     monkeypatch.delenv("B1_COMPANY_DB")
     store.delete("B1_COMPANY_DB")
     assert current().b1_company_db is None
+    assert current() is current()  # built once while nothing it is built from changes (sensors ask often)
 
 
 def test_a_bad_setting_is_one_line_naming_it_without_echoing_secrets(
