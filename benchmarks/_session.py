@@ -97,9 +97,11 @@ def wait_settled(deployment: Deployment, *, quiet_s: float = QUIET_S, clock_quie
     """Until no run was queued or running and Twilio got nothing new for `quiet_s`. A design that launches
     runs on a clock (a poll every minute) never has such a gap: for it, `clock_quiet_s` without a new SMS
     or call. With `closing_read`, a design that reads a window again after it closes (see
-    `CLOSING_READ_WINDOW_MINUTES`) is then waited for until that read of the start-up window is over too.
+    `CLOSING_READ_WINDOW_MINUTES`; it launches nothing on a clock) is then waited for until that read of
+    the start-up window is over too.
     Gives up after `timeout_s` and says so (the figures are then marked as measured unsettled)."""
     started = time.monotonic()
+    clocked = deployment.setup.design not in CLOSING_READ_WINDOW_MINUTES
     window_minutes = CLOSING_READ_WINDOW_MINUTES.get(deployment.setup.design) if closing_read else None
     waited = False
     last_run = last_twilio = started
@@ -121,7 +123,7 @@ def wait_settled(deployment: Deployment, *, quiet_s: float = QUIET_S, clock_quie
             window_minutes, waited = None, True  # then quiet again, once, for a whole `quiet_s`
             last_run = time.monotonic()
             continue
-        if now - last_twilio >= clock_quiet_s:
+        if clocked and now - last_twilio >= clock_quiet_s:
             return Settled(now - started, f"no new SMS/call for {clock_quiet_s:.0f} s (runs still launched "
                                           "on a clock)")
         if deployment.dagster is not None and not deployment.dagster.alive():
