@@ -85,14 +85,14 @@ def test_every_change_sensor_tick_writes_the_heartbeat(pipeline: Pipeline) -> No
 
 
 @pytest.mark.postgres
-def test_while_twilio_refuses_the_credentials_the_watchdog_fails_with_one_line(pipeline: Pipeline,
+def test_when_twilio_refuses_the_credentials_the_watchdog_fails_once_with_one_line(pipeline: Pipeline,
                                                                                tmp_path: Path) -> None:
     token, url = pipeline.twilio.auth_token, pipeline.database.database_url
     httpx.post(f"{pipeline.twilio.url}/_admin/credentials", json={"auth_token": "rotated-in-the-console"},
                timeout=10).raise_for_status()
     pipeline.sap.add_document("PurchaseInvoices", INVOICE)
     pipeline.detect()  # the heartbeat is fresh; the invoice's SMS is refused
-    refused = _watchdog(pipeline.twilio, tmp_path, url)
+    refused, still_refused = _watchdog(pipeline.twilio, tmp_path, url), _watchdog(pipeline.twilio, tmp_path, url)
     httpx.post(f"{pipeline.twilio.url}/_admin/credentials", json={"auth_token": token}, timeout=10).raise_for_status()
     pipeline.make_due()
     pipeline.notify()  # Twilio accepts again: the SMS goes out
@@ -101,4 +101,6 @@ def test_while_twilio_refuses_the_credentials_the_watchdog_fails_with_one_line(p
     assert refused.returncode == 3 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("error: Twilio refuses the pipeline's credentials since")
     assert pipeline.twilio.auth_token not in refused.stdout + refused.stderr
+    # The next timer run says it again, but fails no more: OnFailure= tells once per incident, not every run.
+    assert still_refused.returncode == 0 and still_refused.stderr == refused.stderr
     assert accepted.returncode == 0 and accepted.stderr == "" and accepted.stdout.startswith("daemon ticking")

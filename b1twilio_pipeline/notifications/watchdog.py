@@ -7,9 +7,10 @@ It reads the heartbeat every tick of `b1_change_sensor` writes. When the heartbe
 store, so the next timer run stays quiet. When the heartbeat is fresh again it texts once more that it
 recovered. A text that cannot be sent reopens the question for the next run rather than losing it.
 
-It is also the way out for what no SMS can tell: while Twilio refuses the pipeline's credentials (see
-`twilio_auth`), every run of it prints one line and exits with status 3, so the timer's unit fails and its
-`OnFailure=` unit (a mail, a page through another provider) tells someone at once.
+It is also the way out for what no SMS can tell: when Twilio refuses the pipeline's credentials (see
+`twilio_auth`), the first run that sees it prints one line and exits with status 3, so the timer's unit
+fails and its `OnFailure=` unit (a mail, a page through another provider) tells someone at once; later runs
+of the same incident only print it (once per incident, not a mail every timer run).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from b1twilio_pipeline.notifications.twilio_auth import REFUSED
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
 INCIDENT = "incident:daemon-silent"
-TWILIO_REFUSES = 3  # the exit status while Twilio refuses the credentials
+TWILIO_TOLD = "watchdog:twilio-refusal-told"  # the refusal the watchdog failed about already
+TWILIO_REFUSES = 3  # the exit status when it first sees Twilio refuse the credentials
 
 
 def _tell_admins(text: str) -> int:
@@ -71,7 +73,7 @@ def watch(engine: Engine, now: datetime, stale_after: timedelta) -> str:
 
 def watchdog_command(args: argparse.Namespace) -> int:
     """`b1twilio watchdog [--stale-minutes N]`: 0 when all is well (or the admins were told), 1 when they
-    could not be texted, 3 while Twilio refuses the pipeline's credentials."""
+    could not be texted, 3 when it first sees Twilio refuse the pipeline's credentials."""
     if args.stale_minutes < 1:
         raise ConfigurationError(f"--stale-minutes {args.stale_minutes}: give 1 or more")
     engine = engine_for()
@@ -80,9 +82,11 @@ def watchdog_command(args: argparse.Namespace) -> int:
     except TwilioSendError as error:
         print(f"error: the admins could not be texted ({error}); the next run tries again", file=sys.stderr)
         return 1
-    if (refused := milestones.read(engine, REFUSED)) is not None:
-        print(f"error: Twilio refuses the pipeline's credentials since {refused:%Y-%m-%d %H:%M} UTC (HTTP 401, "
-              "error 20003): no SMS or call goes out. Set TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and "
-              "TWILIO_API_SECRET) for the account and region.", file=sys.stderr)
-        return TWILIO_REFUSES
-    return 0
+    refused = milestones.read(engine, REFUSED)
+    if refused is None:
+        milestones.close(engine, TWILIO_TOLD)  # the next refusal is a new incident
+        return 0
+    print(f"error: Twilio refuses the pipeline's credentials since {refused:%Y-%m-%d %H:%M} UTC (HTTP 401, error "
+          "20003): no SMS or call goes out. Set TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET) for "
+          "the account and region.", file=sys.stderr)
+    return TWILIO_REFUSES if milestones.open_once(engine, TWILIO_TOLD, datetime.now(UTC)) else 0
