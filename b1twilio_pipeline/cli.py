@@ -7,6 +7,7 @@
     b1twilio secrets rotate                       re-encrypt under a new key, printed once
     b1twilio check-config [FILE] [--companies F]  validate a rules file (or the companies file and each company's
                                                   rules file), say what each rule would do
+    b1twilio workspace [--companies F] [--output F]   workspace.yaml: one code location per company
     b1twilio rules-schema                         the JSON Schema of the rules file, for editors
     b1twilio preview [--rules F] [--since D] [--offline]   what a rules file would send now; sends nothing
     b1twilio setup-b1-audit-table                 (b1twilio_pipeline.b1.audit_table)
@@ -46,9 +47,10 @@ DELEGATED = {
     "setup-b1-webhooks": ("b1twilio_pipeline.notifications.b1_webhook_setup", "setup_b1_webhooks_command"),
     "db upgrade": ("b1twilio_pipeline.core.database", "upgrade_command"),
     "windows": ("b1twilio_pipeline.b1.window_list", "windows_command"),
-    "receiver": ("b1twilio_pipeline.notifications.receiver", "receiver_command"),
+    "receiver": ("b1twilio_pipeline.notifications.receiver_command", "receiver_command"),
     "preview": ("b1twilio_pipeline.notifications.preview", "preview_command"),
     "watchdog": ("b1twilio_pipeline.notifications.watchdog", "watchdog_command"),
+    "workspace": ("b1twilio_pipeline.company_location", "workspace_command"),
     "demo": ("b1twilio_sim.demo", "main"),
 }
 
@@ -134,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="companies file, and every rules file it names (default: B1TWILIO_COMPANIES when no "
                             "rules file is given)")
     check.set_defaults(handler=_delegate("check-config"))
+    workspace = commands.add_parser("workspace", help="the workspace.yaml of a companies file: a code location per "
+                                                      "company")
+    workspace.add_argument("--companies", metavar="FILE", help="companies file (default: B1TWILIO_COMPANIES)")
+    workspace.add_argument("--output", metavar="FILE", help="write it there (default: standard output)")
+    workspace.set_defaults(handler=_delegate("workspace"))
 
     commands.add_parser(
         "setup-b1-audit-table", help="create the B1 user-defined audit table (idempotent)"

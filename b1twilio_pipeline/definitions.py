@@ -29,6 +29,7 @@ from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core import settings
 from b1twilio_pipeline.core.automation import KIND, RUNNING
 from b1twilio_pipeline.core.companies import companies_path
+from b1twilio_pipeline.core.company_scope import company_tags, served_company
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.housekeeping.definitions import housekeeping_definitions
@@ -76,14 +77,14 @@ def build_definitions(rules_path: str | None = None,
     glue = dg.Definitions(
         jobs=[dg.define_asset_job(
             CHANGE_JOB, selection=dg.AssetSelection.groups(SNAPSHOT_GROUP, ALERTS_GROUP),
-            tags={KIND: "change"},
+            tags={KIND: "change", **company_tags()},
             description="Read the windows B1 changed in, evaluate the rules that depend on them and plan the "
                         "notifications, in one run (launched by b1_change_sensor, and by b1_webhook_sensor "
                         "for the records B1's webhooks name).")],
         sensors=[dg.AutomationConditionSensorDefinition(
             "automation_condition_sensor", target=dg.AssetSelection.groups(STATE_GROUP, ALERTS_GROUP),
             default_status=RUNNING, minimum_interval_seconds=max(AUTOMATION_SECONDS, polling.change_check_seconds),
-            run_tags={KIND: "refresh"},
+            run_tags={KIND: "refresh", **company_tags()},
             description="Refreshes the open-invoice and stock state on its cron, re-evaluates overdue reminders "
                         "after midnight, and evaluates alerts whose inputs a backfill updated.")],
         # Steps are small and wait on HTTP: one process per run, not per step (a fresh Python per step
@@ -106,12 +107,12 @@ def build_definitions(rules_path: str | None = None,
 
 
 def _one_company() -> None:
-    """The companies file is validated by `b1twilio check-config` already; the pipeline does not watch
-    several companies yet, and must not silently watch only the one of the B1_ settings instead."""
-    if (companies := companies_path()) is not None:
-        raise ConfigurationError(f"B1TWILIO_COMPANIES={companies} is set, but this version of the pipeline watches "
-                                 "one company (the B1_ settings): unset it to run. `b1twilio check-config` "
-                                 "validates the file meanwhile")
+    """With a companies file, each company has its own code location (`company_location`); loading this
+    module as the one-company location would silently watch only the company of the B1_ settings."""
+    if (companies := companies_path()) is not None and served_company() is None:
+        raise ConfigurationError(f"B1TWILIO_COMPANIES={companies} is set: load one code location per company "
+                                 "(`b1twilio workspace` writes the workspace.yaml), or unset it to watch the one "
+                                 "company of the B1_ settings")
 
 
 _one_company()

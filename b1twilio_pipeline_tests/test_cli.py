@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from keyring.backend import KeyringBackend
 
 from b1twilio_pipeline.core.phones import mask_phone, mask_secret
@@ -311,6 +312,43 @@ def test_check_config_names_the_company_and_field_of_a_mistake(cli: Cli, tmp_pat
     *warnings, error = result.stderr.splitlines()
     assert error == f"error: {prefix}{expected.replace('{tmp}', str(tmp_path))}"
     assert all(line.startswith("warning: company '") for line in warnings)
+
+
+def test_workspace_names_a_code_location_per_company_that_dagster_loads(cli: Cli, tmp_path: Path) -> None:
+    path = _companies(tmp_path, "  - {id: at01, name: Muster AT, service_layer_url: 'https://b1-at.example.com:50000"
+                                "/b1s/v1', company_db: SBODEMOAT, username: manager, password_ref: B1_PASSWORD_AT01,"
+                                " timezone: Europe/Vienna, rules: rules-de01.yaml}\n")
+    result = cli("workspace", "--companies", str(path), "--output", str(tmp_path / "workspace.yaml"))
+    assert (result.returncode, result.stdout) == (0, f"{tmp_path / 'workspace.yaml'}: 2 code locations\n")
+    entries = yaml.safe_load((tmp_path / "workspace.yaml").read_text())["load_from"]
+    assert [entry["python_module"] for entry in entries] == [
+        {"module_name": "b1twilio_pipeline.company_location", "attribute": company, "location_name": company}
+        for company in ("de01", "at01")]
+
+    env = {**cli.env, "B1TWILIO_COMPANIES": str(path), "B1TWILIO_DATABASE_URL": f"sqlite:///{tmp_path}/store.sqlite",
+           "DAGSTER_HOME": str(tmp_path)}
+    loaded = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w",
+                             str(tmp_path / "workspace.yaml")], capture_output=True, text=True, timeout=180,
+                            cwd=tmp_path, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert (tmp_path / "store-de01.sqlite").exists() and (tmp_path / "store-at01.sqlite").exists()
+    assert not (tmp_path / "store.sqlite").exists()  # each company its own store, none shared
+
+
+def test_workspace_without_a_companies_file_and_a_location_of_no_company_say_so_in_one_line(
+        cli: Cli, tmp_path: Path) -> None:
+    missing = cli("workspace")
+    assert missing.returncode == 2
+    assert missing.stderr == ("error: no companies file: set B1TWILIO_COMPANIES or pass --companies FILE (with one "
+                              "company the shipped workspace.yaml is the workspace)\n")
+    path = _companies(tmp_path, "")
+    env = {**cli.env, "B1TWILIO_COMPANIES": str(path), "DAGSTER_HOME": str(tmp_path)}
+    unknown = subprocess.run([sys.executable, "-c", "import b1twilio_pipeline.company_location as m; m.xx01"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert unknown.returncode != 0
+    assert unknown.stderr.splitlines()[-1] == (
+        f"b1twilio_pipeline.core.errors.ConfigurationError: code location xx01: no company 'xx01' in {path}: "
+        "regenerate workspace.yaml with `b1twilio workspace`")
 
 
 def test_usage_errors_and_help(cli: Cli) -> None:

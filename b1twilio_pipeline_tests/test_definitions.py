@@ -27,7 +27,7 @@ def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_code_location_refuses_a_companies_file_it_would_not_follow(tmp_path: Path) -> None:
+def test_the_one_company_code_location_refuses_a_companies_file(tmp_path: Path) -> None:
     """Watching only the company of the B1_ settings while a companies file names others would look like
     alerting for all of them."""
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "B1TWILIO_COMPANIES": str(tmp_path / "companies.yaml")}
@@ -36,5 +36,5 @@ def test_the_code_location_refuses_a_companies_file_it_would_not_follow(tmp_path
     assert result.returncode != 0
     assert result.stderr.splitlines()[-1] == (
         f"b1twilio_pipeline.core.errors.ConfigurationError: B1TWILIO_COMPANIES={tmp_path / 'companies.yaml'} is "
-        "set, but this version of the pipeline watches one company (the B1_ settings): unset it to run. "
-        "`b1twilio check-config` validates the file meanwhile")
+        "set: load one code location per company (`b1twilio workspace` writes the workspace.yaml), or unset it to "
+        "watch the one company of the B1_ settings")

@@ -217,6 +217,18 @@ def test_render_uses_typed_fields_and_tolerates_missing_ones(tmp_path: Path) -> 
     assert text == "Invoice 7 from Acme: 99.50 , due "
 
 
+def test_a_company_of_several_is_named_where_the_template_says_else_in_front(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    placed = GOOD_RULES.replace('"Invoice {DocNum}', '"[{company}] Invoice {DocNum}')
+    fields = {"DocNum": 7, "CardName": "Acme", "DocTotal": 99.5, "DocCurrency": "EUR"}
+    assert load_rules(write(tmp_path, BASE + placed)).rule("ap-new").render(fields).startswith("[] Invoice 7")
+    monkeypatch.setenv("B1TWILIO_COMPANY_NAME", "Muster GmbH")  # a code location of the companies file
+    assert load_rules(write(tmp_path, BASE + placed)).rule("ap-new").render(fields).startswith(
+        "[Muster GmbH] Invoice 7 from Acme")
+    assert load_rules(write(tmp_path, BASE + GOOD_RULES)).rule("ap-new").render(fields).startswith(
+        "Muster GmbH: Invoice 7 from Acme")
+
+
 # --- one line per mistake, naming file, rule or group, field -----------------------------------------------
 
 

@@ -8,13 +8,14 @@ from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import Rule
 from b1twilio_pipeline.alerts.store import AlertStore
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 
 ALERTS_GROUP = "alerts"
 
 
 def alert_key(kind: type[Rule]) -> dg.AssetKey:
-    return dg.AssetKey(["alerts", kind.ASSET])
+    return asset_key("alerts", kind.ASSET)
 
 
 def build_alert_asset(kind: type[Rule], rules_markdown: str) -> dg.AssetsDefinition:
@@ -23,7 +24,7 @@ def build_alert_asset(kind: type[Rule], rules_markdown: str) -> dg.AssetsDefinit
 
     @dg.asset(
         key=alert_key(kind),
-        deps=[dg.AssetKey(["b1", source]) for source in kind.INPUTS],
+        deps=[asset_key("b1", source) for source in kind.INPUTS],
         group_name=ALERTS_GROUP,
         kinds={"python", "sql"},
         description=f"Alert candidates of the enabled `{name}` rules, recorded once per event. {kind.__doc__}",

@@ -6,9 +6,10 @@ import dagster as dg
 from b1twilio_pipeline.alerts.assets import ALERTS_GROUP, build_alert_asset
 from b1twilio_pipeline.alerts.rules import RULE_KINDS, RulesConfig
 from b1twilio_pipeline.core.automation import follow_condition, with_condition
+from b1twilio_pipeline.core.company_scope import company_tags
 
 alerts_job = dg.define_asset_job(
-    "alerts_job", selection=dg.AssetSelection.groups(ALERTS_GROUP),
+    "alerts_job", selection=dg.AssetSelection.groups(ALERTS_GROUP), tags=company_tags(),
     description="Evaluate every rule over the snapshots and plan notifications for new alerts.")
 
 

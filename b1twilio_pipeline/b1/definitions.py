@@ -12,11 +12,13 @@ from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP, build_snapshot_asset
 from b1twilio_pipeline.b1.state import STATE_GROUP, build_state_assets
 from b1twilio_pipeline.b1.webhook_sensor import build_webhook_sensor
 from b1twilio_pipeline.b1.windows import PollingSettings
-from b1twilio_pipeline.core.automation import refresh_condition, with_condition
+from b1twilio_pipeline.core.automation import KIND, refresh_condition, with_condition
+from b1twilio_pipeline.core.company_scope import company_tags
 from b1twilio_pipeline.core.settings import current
 
 state_refresh_job = dg.define_asset_job(
     "state_refresh_job", selection=dg.AssetSelection.groups(STATE_GROUP),
+    tags={KIND: "refresh", **company_tags()},
     description="Full refresh of open invoices and stock levels (state that changes without UpdateDate).")
 
 
@@ -41,7 +43,7 @@ def b1_definitions(polling: PollingSettings, partitions_def: dg.TimeWindowPartit
         assets=[*snapshot_assets(specs, partitions_def), *(with_condition(asset, refresh) for asset in state)],
         jobs=[
             dg.define_asset_job(
-                "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP),
+                "snapshot_job", selection=dg.AssetSelection.groups(SNAPSHOT_GROUP), tags=company_tags(),
                 description="Read what changed in B1 in a window; backfill missed windows from the UI or CLI."),
             state_refresh_job,
         ],

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from b1twilio_pipeline.b1 import filters as b1_filters
+from b1twilio_pipeline.core.company_scope import asset_key
 
 KEYS_PER_REQUEST = 40  # records named in one `$filter` when reading by key: the URL stays well under 2 KB
 DOCUMENT_BASE = ("DocEntry", "DocNum", "DocDate", "DocumentStatus", "Cancelled", "CancelStatus", "CreationDate",
@@ -66,4 +67,4 @@ ENTITY_BY_NAME = {spec.asset_name: spec for spec in ENTITIES}
 
 
 def snapshot_key(spec: EntitySpec) -> dg.AssetKey:
-    return dg.AssetKey(["b1", spec.asset_name])
+    return asset_key("b1", spec.asset_name)

@@ -15,10 +15,25 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from b1twilio_pipeline.b1.client import SapB1Session
-from b1twilio_pipeline.core.settings import Settings, current
+from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.settings import Settings, current, named_value
 
 _probe_sessions: dict[tuple[str | None, ...], SapB1Session] = {}
 _probe_lock = threading.Lock()
+
+
+def password_of(settings: Settings, purpose: str) -> str:
+    """B1_PASSWORD, or the variable or stored secret B1_PASSWORD_REF names (a company of the companies file
+    names its password, read afresh like any secret, so a changed password needs no restart)."""
+    reference = settings.b1_password_ref
+    if reference is None:
+        return settings.require("b1_password", purpose)
+    password = named_value(reference)
+    if password is None:
+        raise ConfigurationError(f"{reference} is not set: the B1 password of company "
+                                 f"{settings.b1twilio_company or '?'} (its password_ref); set the environment "
+                                 f"variable or store it with `b1twilio secrets set {reference} --force` ({purpose})")
+    return password
 
 
 class SapB1Resource(dg.ConfigurableResource):
@@ -76,7 +91,7 @@ class SapB1Resource(dg.ConfigurableResource):
         return SapB1Session(
             now.require("b1_service_layer_url", "SAP B1 Service Layer URL"),
             now.require("b1_company_db", purpose), now.require("b1_username", purpose),
-            now.require("b1_password", purpose), ca_bundle=now.b1_ca_bundle, page_size=self.page_size,
+            password_of(now, purpose), ca_bundle=now.b1_ca_bundle, page_size=self.page_size,
             max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s, timeout_s=self.timeout_s, renew_on_5002=self.renew_on_5002,
             timezone=now.b1_timezone, logger=logger, retry_refused_login_after_s=retry_refused_login_after_s,
@@ -90,7 +105,7 @@ class SapB1Resource(dg.ConfigurableResource):
         pipeline's settings changing, and the sensors must see it (self-monitoring tells the recovery)."""
         options = self.model_copy(update={"max_retries": 0, "timeout_s": min(self.timeout_s, 5.0)})
         now = options.settings()
-        password = now.b1_password.get_secret_value() if now.b1_password else ""
+        password = password_of(now, "SAP B1 Service Layer login")
         key = (now.b1_service_layer_url, now.b1_company_db, now.b1_username,
                hashlib.sha256(password.encode()).hexdigest(), now.b1_ca_bundle, now.b1_timezone)
         with _probe_lock:

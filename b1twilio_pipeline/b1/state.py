@@ -15,10 +15,11 @@ from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.b1.snapshots import counting, snapshot_metadata
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 
-OPEN_INVOICES_KEY = dg.AssetKey(["b1", "open_invoices_state"])
-STOCK_LEVELS_KEY = dg.AssetKey(["b1", "stock_levels_state"])
+OPEN_INVOICES_KEY = asset_key("b1", "open_invoices_state")
+STOCK_LEVELS_KEY = asset_key("b1", "stock_levels_state")
 STATE_GROUP = "b1_state"
 
 

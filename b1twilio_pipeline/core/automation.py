@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from b1twilio_pipeline.core.company_scope import company_tags
+
 AC = dg.AutomationCondition
 RUNNING = dg.DefaultSensorStatus.RUNNING
 TAG_PREFIX = "b1twilio"
@@ -29,7 +31,8 @@ def runs_in_flight(instance: dg.DagsterInstance, job_name: str, tags: dict[str, 
                    stale: timedelta = STALE_RUN) -> int:
     """Unfinished runs of a job updated within `stale`: launching another would only pile up."""
     return instance.get_runs_count(dg.RunsFilter(
-        job_name=job_name, statuses=UNFINISHED, tags=tags or {}, updated_after=datetime.now(UTC) - stale))
+        job_name=job_name, statuses=UNFINISHED, tags={**company_tags(), **(tags or {})},
+        updated_after=datetime.now(UTC) - stale))
 
 
 def refresh_condition(cron: str, timezone: str) -> dg.AutomationCondition:

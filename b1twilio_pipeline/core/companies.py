@@ -19,10 +19,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from b1twilio_pipeline.core.errors import ConfigurationError
-from b1twilio_pipeline.core.settings import STORABLE_NAME, ServiceLayerUrl, TimeZone, current
+from b1twilio_pipeline.core.settings import COMPANY_ID, STORABLE_NAME, ServiceLayerUrl, TimeZone, current
 from b1twilio_pipeline.core.yaml_file import read_yaml
 
-COMPANY_ID = r"^[a-z][a-z0-9]{1,7}$"
 Text = Annotated[str, Field(min_length=1, max_length=100)]
 
 

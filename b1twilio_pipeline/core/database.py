@@ -31,6 +31,7 @@ MIGRATIONS = Path(__file__).parents[1] / "migrations"
 VERSION_TABLE = "b1tw_schema_version"
 FIRST_RELEASE_REVISION = "0001"
 _ADVISORY_LOCK_KEY = 0x6231_7477  # "b1tw"
+COMPANY_SCHEMA_PREFIX = "b1tw_"
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -43,6 +44,19 @@ def default_database_url() -> str:
 def database_url(url: str | None = None) -> str:
     """`url`, else B1TWILIO_DATABASE_URL (environment, then the secrets store), else the SQLite default."""
     return url or current().b1twilio_database_url or default_database_url()
+
+
+def company_database_url(url: str, company: str) -> str:
+    """A company's own store beside the deployment's (B1TWILIO_DATABASE_URL): on PostgreSQL the same database,
+    in schema `b1tw_<company>` (made on first use); a SQLite file `<name>-<company>.sqlite` beside it. Own
+    tables per company keep its ledger, dedup keys and snapshots apart by construction."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "store.sqlite")
+        return parsed.set(database=str(path.with_name(f"{path.stem}-{company}{path.suffix or '.sqlite'}"))) \
+            .render_as_string(hide_password=False)
+    return parsed.update_query_dict({"options": f"-csearch_path={COMPANY_SCHEMA_PREFIX}{company}"}) \
+        .render_as_string(hide_password=False)
 
 
 def engine_for(url: str | None = None) -> Engine:
@@ -101,6 +115,13 @@ def _config(connection: Connection) -> Config:
     return config
 
 
+def _create_company_schema(connection: Connection) -> None:
+    """A company's store lives in its schema (`company_database_url`), first on the search path."""
+    first = connection.execute(sa.text("select current_setting('search_path')")).scalar_one().split(",")[0].strip()
+    if first.startswith(COMPANY_SCHEMA_PREFIX) and first.replace("_", "").isalnum():
+        connection.execute(sa.text(f'create schema if not exists "{first}"'))
+
+
 def head_revision() -> str:
     script = ScriptDirectory(str(MIGRATIONS))
     head = script.get_current_head()
@@ -127,6 +148,7 @@ def _upgrade_locked(engine: Engine) -> str:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
+            _create_company_schema(connection)
         started = current_revision(connection)
         config = _config(connection)
         if started is None and sa.inspect(connection).has_table("b1tw_notifications"):

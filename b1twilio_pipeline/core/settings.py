@@ -38,6 +38,8 @@ WINDOW_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 REFRESH_MINUTES = (5, 10, 15, 20, 30, 60, 120, 180, 240, 360, 480, 720, 1440)
 
 STORABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
+# A company's id: short and stable, it becomes part of asset keys, run tags, store names and audit Codes.
+COMPANY_ID = r"^[a-z][a-z0-9]{1,7}$"
 Problem = Callable[[Any], str | None]  # what is wrong with a value, or None
 
 
@@ -137,6 +139,8 @@ class Settings(BaseSettings):
     b1_company_db: str | None = None
     b1_username: str | None = None
     b1_password: SecretStr | None = None
+    b1_password_ref: Annotated[str, Field(pattern=STORABLE_NAME.pattern)] | None = Field(
+        None, description="the variable or stored secret holding the password, instead of B1_PASSWORD")
     b1_ca_bundle: str | None = Field(None, description="PEM CA bundle when B1 uses a self-signed certificate")
     b1_timezone: TimeZone = Field("UTC", description="the B1 server's zone: UpdateDate/UpdateTime are local")
     b1_webhook_username: Annotated[str, _checked(_basic_user_problem)] | None = Field(
@@ -160,6 +164,10 @@ class Settings(BaseSettings):
     b1twilio_config: str | None = Field(None, description="the alert rules file")
     b1twilio_companies: str | None = Field(
         None, description="the companies file, for many B1 companies; unset: one, from the B1_ settings")
+    b1twilio_company: Annotated[str, Field(pattern=COMPANY_ID)] | None = Field(
+        None, description="the company a code location serves: prefixes its asset keys, tags its runs")
+    b1twilio_company_name: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        None, description="the company's name for messages ({company}); set with B1TWILIO_COMPANY")
     b1twilio_public_url: HttpUrl | None = Field(
         None, description="public base URL of `b1twilio receiver` (statuses, SMS replies, keypresses)")
     b1twilio_database_url: str | None = Field(None, description="the store; default a SQLite file")
@@ -227,16 +235,30 @@ class _SecretsStoreSource(PydanticBaseSettingsSource):
 
 _built: dict[tuple[Any, ...], Settings] = {}
 _built_lock = threading.Lock()
+_serving: dict[str, str] = {}  # see `serve`
+
+
+def serve(values: dict[str, str]) -> None:
+    """Make this process one company's (`companies.Company.settings`): its values stand in for the
+    environment's from now on. A code location's process serves one company for its whole life; asking it
+    to serve another is a bug that would mix two companies' data, and is refused."""
+    with _built_lock:
+        if _serving and _serving != values:
+            raise ConfigurationError(f"this process serves company {_serving.get('b1twilio_company')!r} already: "
+                                     "each company needs its own code location")
+        _serving.update(values)
+        _built.clear()
 
 
 def current(**given: Any) -> Settings:
     """The settings now: `given` values (resource config; None or "" means not given, as an empty variable
-    does), then the environment, the store and the defaults, all through the same checks.
+    does), then the company's this process serves (`serve`), the environment, the store and the defaults,
+    all through the same checks.
 
     Building the model costs milliseconds, and sensors ask several times a tick all day long: a model is
     reused while what it was built from (the given values, the variables, the store's content) is the same,
     so a changed variable or stored secret still shows at the next call."""
-    given = {name: value for name, value in given.items() if value not in (None, "")}
+    given = {**_serving, **{name: value for name, value in given.items() if value not in (None, "")}}
     names = _setting_names()
     key = (tuple(sorted((name, repr(value)) for name, value in given.items())),
            tuple(sorted((name.upper(), value) for name, value in os.environ.items() if name.upper() in names)),

@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from b1twilio_pipeline.core.automation import KIND, SENT
+from b1twilio_pipeline.core.company_scope import company_tags
 from b1twilio_pipeline.core.settings import current
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -45,7 +46,8 @@ def delete_old_runs(context: dg.OpExecutionContext, config: RetentionConfig) -> 
     cursor: str | None = None
     while sum(deleted.values()) < config.max_deletions:
         records = instance.get_run_records(
-            dg.RunsFilter(statuses=FINISHED, created_before=max(operational_cutoff, notification_cutoff)),
+            dg.RunsFilter(statuses=FINISHED, created_before=max(operational_cutoff, notification_cutoff),
+                          tags=company_tags()),
             limit=PAGE, order_by="create_timestamp", ascending=True, cursor=cursor)
         if not records:
             break
@@ -66,7 +68,7 @@ def delete_old_runs(context: dg.OpExecutionContext, config: RetentionConfig) -> 
         "operational_days": operational_days, "notification_days": notification_days})
 
 
-@dg.job(tags={KIND: "retention"},
+@dg.job(tags={KIND: "retention", **company_tags()},
         description="Delete finished runs and their events past their retention (operational runs after "
                     "B1TWILIO_RETENTION_DAYS, notification runs after B1TWILIO_NOTIFICATION_RETENTION_DAYS).")
 def retention_job() -> None:

@@ -7,12 +7,13 @@ import dagster as dg
 from b1twilio_pipeline.b1 import audit_table as audit
 from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY, DELIVERY_GROUP
 from b1twilio_pipeline.notifications.delivery_log import DeliveryEvent, DeliveryLog
 from b1twilio_pipeline.notifications.ledger import Ledger
 
-AUDIT_KEY = dg.AssetKey(["b1", "audit_records"])
+AUDIT_KEY = asset_key("b1", "audit_records")
 
 
 def _record(ledger: Ledger, event: DeliveryEvent) -> audit.AuditRecord:

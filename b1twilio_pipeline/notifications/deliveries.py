@@ -13,6 +13,7 @@ import dagster as dg
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import RulesConfig
 from b1twilio_pipeline.core import settings
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.core.sql import utcnow
@@ -35,7 +36,8 @@ from b1twilio_pipeline.notifications.twilio_api import TwilioSendError
 from b1twilio_pipeline.notifications.twilio_auth import TwilioAuth
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
-DELIVERIES_KEY = dg.AssetKey(["notifications", "notification_deliveries"])
+DELIVERIES_PATH = ("notifications", "notification_deliveries")  # the receiver reports to it for each company
+DELIVERIES_KEY = asset_key(*DELIVERIES_PATH)
 DELIVERY_GROUP = "notifications"
 
 sent_notifications = dg.AssetSpec(

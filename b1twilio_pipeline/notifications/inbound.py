@@ -13,7 +13,7 @@ ends without a keypress (an answering machine heard it) acknowledges nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
@@ -50,26 +50,42 @@ class Inbound:
 
     def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None:
         """The answer to an SMS from `sender`, or None when there must be none."""
-        text = re.sub(r"\s+", "", body or "").upper()
+        text = _command(body)
         if text in TWILIO_KEYWORDS:
             return None
-        recipients = self._recipients_of(sender)
-        open_alerts = self.reads.awaiting_acknowledgement(recipients, utcnow())
-        if text == "OK":
-            chosen = open_alerts[:1]
-        elif _CODE.fullmatch(text):
-            chosen = [n for n in open_alerts if n.ref == text][:1] or self._already_acknowledged(recipients, text)
-        else:
+        if text != "OK" and not _CODE.fullmatch(text):
             return HELP
+        chosen, open_alerts = self._choose(sender, text)
         if not chosen:
             return NOTHING_OPEN if text == "OK" or not open_alerts else f"No open alert has the code {text}. {HELP}"
         return self._acknowledge(chosen[0], VIA_SMS, message_sid)
+
+    def would_acknowledge(self, sender: str, body: str) -> Notification | None:
+        """The notification a reply from `sender` would acknowledge here, None when nothing here: a receiver
+        serving several companies on one number hands the reply to the company it is about."""
+        text = _command(body)
+        if text in TWILIO_KEYWORDS or (text != "OK" and not _CODE.fullmatch(text)):
+            return None
+        chosen, _open = self._choose(sender, text)
+        return chosen[0] if chosen else None
+
+    def _choose(self, sender: str, text: str) -> tuple[list[Notification], list[Notification]]:
+        """(the notification `text` acknowledges, if any; the sender's open alerts)."""
+        recipients = self._recipients_of(sender)
+        open_alerts = self.reads.awaiting_acknowledgement(recipients, utcnow())
+        if text == "OK":
+            return open_alerts[:1], open_alerts
+        chosen = [n for n in open_alerts if n.ref == text][:1] or self._already_acknowledged(recipients, text)
+        return chosen, open_alerts
 
     def _already_acknowledged(self, recipients: list[str], code: str) -> list[Notification]:
         """The person's notification with this code whose alert is acknowledged already: a repeated reply
         (or Twilio retrying the webhook) gets the same answer, and records nothing new."""
         found = [n for key in recipients if (n := self.ledger.by_ref(key, code)) is not None]
         return [n for n in found if self.acks.get(n.alert_id) is not None][:1]
+
+    def knows_call(self, call_sid: str) -> bool:
+        return self.ledger.by_sid(call_sid) is not None
 
     def keypress(self, call_sid: str, digits: str) -> str:
         """What the call says after the person pressed `digits`."""
@@ -98,6 +114,30 @@ class Inbound:
                 except ConfigurationError:
                     continue
         return keys
+
+
+class SharedNumber:
+    """Replies and keypresses on a Twilio number several companies send from (one `Inbound` each): a reply
+    goes to the company holding the alert it acknowledges (for OK, the one sent last), a keypress to the
+    company that made the call; a reply that acknowledges nothing anywhere gets the first company's answer
+    (help, or "nothing open")."""
+
+    def __init__(self, companies: Sequence[Inbound]) -> None:
+        self.companies = companies
+
+    def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None:
+        found = [(n, inbound) for inbound in self.companies if (n := inbound.would_acknowledge(sender, body))]
+        latest = max(found, key=lambda pair: pair[0].sent_at or pair[0].created_at)[1] if found else None
+        return (latest or self.companies[0]).sms_reply(sender, body, message_sid)
+
+    def keypress(self, call_sid: str, digits: str) -> str:
+        caller = next((inbound for inbound in self.companies if inbound.knows_call(call_sid)), self.companies[0])
+        return caller.keypress(call_sid, digits)
+
+
+def _command(body: str) -> str:
+    """What a reply says, case and spaces ignored: a code, OK, a Twilio keyword or something else."""
+    return re.sub(r"\s+", "", body or "").upper()
 
 
 def _confirmation(n: Notification, ack: Acknowledgement) -> str:

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from b1twilio_pipeline.core import settings
+from b1twilio_pipeline.core.company_scope import served_company
 from b1twilio_pipeline.core.schema import alert_events, delivery_events, notifications
 from b1twilio_pipeline.core.sql import aware, insert, utcnow
 from b1twilio_pipeline.notifications.delivery_log import advance, delivery_event
@@ -131,8 +132,11 @@ def bounded_id(*parts: str, limit: int = 250) -> str:
 
 
 def reference(notification_id: str, salt: int = 0) -> str:
-    """A 6-character code derived from the notification id (A-Z and 2-9 without look-alikes)."""
-    digest = int.from_bytes(hashlib.sha256(f"{notification_id}#{salt}".encode()).digest()[:8], "big")
+    """A 6-character code derived from the notification id (A-Z and 2-9 without look-alikes) and the company
+    this process serves: two companies' alerts on the same DocNum get different codes, so a reply to a
+    number they share names one of them."""
+    seed = f"{served_company() or ''}{notification_id}#{salt}"
+    digest = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big")
     return "".join(REF_ALPHABET[(digest >> (5 * i)) & 31] for i in range(6))
 
 

@@ -18,6 +18,7 @@ from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import RULE_KINDS, Recipient, Rule, RulesConfig
 from b1twilio_pipeline.alerts.rules.base import NEXT_RECIPIENT
 from b1twilio_pipeline.alerts.store import AlertStore
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.markdown import markdown_table
@@ -28,7 +29,7 @@ from b1twilio_pipeline.notifications.ledger import Ledger, PlannedNotification, 
 from b1twilio_pipeline.notifications.send import Sender, send_due
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
-NOTIFICATION_PLAN_KEY = dg.AssetKey(["alerts", "notification_plan"])
+NOTIFICATION_PLAN_KEY = asset_key("alerts", "notification_plan")
 
 
 def masked_phone_of(recipient: Recipient) -> str:

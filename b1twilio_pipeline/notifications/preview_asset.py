@@ -9,11 +9,12 @@ from pydantic import Field
 
 from b1twilio_pipeline.alerts.rules import load_rules
 from b1twilio_pipeline.b1.resource import SapB1Resource
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 from b1twilio_pipeline.notifications.preview import default_since, preview
 
-PREVIEW_KEY = dg.AssetKey(["notifications", "rules_preview"])
+PREVIEW_KEY = asset_key("notifications", "rules_preview")
 
 
 class PreviewConfig(dg.Config):

@@ -10,6 +10,14 @@ VOICE_PATH = "/twilio/voice"  # the keypress of a call's <Gather>
 B1_EVENTS_PATH = "/b1/events"  # B1's webhook batches (Basic authentication, see `b1_events`)
 
 
+COMPANY_PATH = "/companies/{}"  # a company's own paths when one deployment watches several
+
+
+def company_public_url(base: str, company: str) -> str:
+    """A company's public base URL: its callbacks and webhooks are told apart by the path."""
+    return join(base, COMPANY_PATH.format(company))
+
+
 def join(base: str, path: str) -> str:
     """`base` (with or without a trailing slash, possibly with a path prefix) followed by `path`."""
     return base.rstrip("/") + path

@@ -11,22 +11,19 @@ Every Twilio request's `X-Twilio-Signature` is checked with twilio's own `Reques
 Twilio called (B1TWILIO_PUBLIC_URL + the path: behind a proxy the local URL differs and `request.url`
 cannot be trusted); anything unsigned, mis-signed or too large is refused and changes nothing.
 
-Run it: `b1twilio receiver --host 127.0.0.1 --port 8788` (prints `listening on http://HOST:PORT`).
+Run it: `b1twilio receiver --host 127.0.0.1 --port 8788` (prints `listening on http://HOST:PORT`); with
+several companies it serves each under its own path (`receiver_command`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import re
-import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import ImmutableMultiDict
@@ -43,13 +40,9 @@ from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
 from b1twilio_pipeline.core.phones import E164_PATTERN, mask_phone
-from b1twilio_pipeline.core.settings import ConfigurationError, current
-from b1twilio_pipeline.notifications.acknowledgements import Acknowledgement
+from b1twilio_pipeline.core.settings import ConfigurationError
 from b1twilio_pipeline.notifications.b1_events import MAX_BATCH_BYTES, B1Events
-from b1twilio_pipeline.notifications.inbound import Inbound
-from b1twilio_pipeline.notifications.ledger import Notification
 from b1twilio_pipeline.notifications.public_urls import B1_EVENTS_PATH, SMS_PATH, STATUS_PATH, VOICE_PATH, join
-from b1twilio_pipeline.notifications.receiver_server import BannerServer, base_url, bound_socket
 from b1twilio_pipeline.notifications.statuses import StatusEvent, channel_of
 
 log = logging.getLogger(__name__)
@@ -59,6 +52,14 @@ _MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 _PHONE = re.compile(E164_PATTERN)
 _STATUS = re.compile(r"^[a-z][a-z_-]{0,39}$")
+
+
+class Replies(Protocol):
+    """What SMS replies and keypresses mean (`inbound.Inbound`, or one company's among several)."""
+
+    def sms_reply(self, sender: str, body: str, message_sid: str) -> str | None: ...
+
+    def keypress(self, call_sid: str, digits: str) -> str: ...
 
 
 class StatusSink(Protocol):
@@ -191,14 +192,14 @@ def create_app(
     *,
     auth_token: str,
     status_url: str,
-    sink: StatusSink,
+    sink: StatusSink | None,
     on_change: Callable[[StatusEvent], None] | None = None,
-    inbound: Inbound | None = None,
+    inbound: Replies | None = None,
     public_url: str | None = None,
     b1_events: B1Events | None = None,
 ) -> Starlette:
-    """The ASGI app: `POST /twilio/status` (signed status callbacks, checked against `status_url`) and
-    `GET /healthz`; with `inbound` and the public base URL `public_url` also `POST /twilio/sms` (replies)
+    """The ASGI app: `GET /healthz`; with `sink` `POST /twilio/status` (signed status callbacks, checked
+    against `status_url`); with `inbound` and the public base URL `public_url` also `POST /twilio/sms` (replies)
     and `POST /twilio/voice` (keypresses); with `b1_events` also `POST /b1/events` (B1's webhooks)."""
     if not auth_token:
         raise ConfigurationError("the receiver needs TWILIO_AUTH_TOKEN to check Twilio's signatures")
@@ -218,6 +219,7 @@ def create_app(
         except MalformedCallback as exc:
             log.warning("signed status callback rejected as malformed: %s", exc)
             return PlainTextResponse(f"malformed callback: {exc}", status_code=400)
+        assert sink is not None
         changed = await run_in_threadpool(sink.apply_status, event)
         log.info("status callback %s %s to %s: %s", event.sid, event.status, mask_phone(form.get("To")),
                  "recorded" if changed else "no change")
@@ -263,7 +265,9 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    routes = [Route(STATUS_PATH, status, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    if sink is not None:
+        routes.append(Route(STATUS_PATH, status, methods=["POST"]))
     if inbound is not None and public_url is not None:
         routes += [Route(SMS_PATH, sms, methods=["POST"]), Route(VOICE_PATH, voice, methods=["POST"])]
     if b1_events is not None:
@@ -274,75 +278,3 @@ def create_app(
 
         routes.append(Route(B1_EVENTS_PATH, b1_batch, methods=["POST"]))
     return Starlette(routes=routes)
-
-
-Reporter = tuple[Callable[[StatusEvent], None] | None, Callable[[Acknowledgement, Notification], None] | None]
-
-
-def dagster_reporter() -> Reporter:
-    """Report each status change and each acknowledgement to Dagster as an observation of the deliveries
-    asset, when a Dagster instance is configured (DAGSTER_HOME); the delivery sensor then reconciles and
-    audits them."""
-    if not os.environ.get("DAGSTER_HOME"):
-        log.info("DAGSTER_HOME is not set: statuses and acknowledgements go to the ledger only")
-        return None, None
-    import dagster as dg
-
-    from b1twilio_pipeline.notifications.deliveries import DELIVERIES_KEY
-
-    instance = dg.DagsterInstance.get()
-
-    def report(event: StatusEvent) -> None:
-        instance.report_runless_asset_event(dg.AssetObservation(
-            asset_key=DELIVERIES_KEY, description=f"{event.status} ({event.source})",
-            metadata={"sid": event.sid, "status": event.status, "channel": event.channel,
-                      "error_code": event.error_code or 0, "source": event.source}))
-
-    def acknowledged(ack: Acknowledgement, n: Notification) -> None:
-        instance.report_runless_asset_event(dg.AssetObservation(
-            asset_key=DELIVERIES_KEY, description=f"{n.document} acknowledged by {ack.who} ({ack.via})",
-            metadata={"acknowledged_by": ack.who, "via": ack.via, "rule": n.rule_id, "document": n.document,
-                      "sid": n.sid or "", "status": "acknowledged"}))
-
-    return report, acknowledged
-
-
-def receiver_command(args: argparse.Namespace) -> int:
-    """`b1twilio receiver --host H --port N [--public-url URL]`: serve until SIGINT/SIGTERM."""
-    from b1twilio_pipeline.alerts.rules import load_rules
-    from b1twilio_pipeline.core.database import engine_for
-    from b1twilio_pipeline.notifications.delivery_log import DeliveryLog
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configured = current()
-    auth_token = configured.require("twilio_auth_token", "checks the signature of every Twilio request")
-    try:
-        sock = bound_socket(args.host, args.port)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}): choose another "
-                                 "--port") from None
-    url = base_url(args.host, sock)
-    public_url = args.public_url or configured.b1twilio_public_url or url
-    status_url = configured.twilio_status_callback_url or join(public_url, STATUS_PATH)
-    engine = engine_for()
-    on_change, on_acknowledged = dagster_reporter()
-    try:
-        app = create_app(auth_token=auth_token, status_url=status_url, sink=DeliveryLog(engine), on_change=on_change,
-                         inbound=Inbound(engine, lambda: load_rules(configured.b1twilio_config), on_acknowledged),
-                         public_url=public_url, b1_events=B1Events.from_settings(engine, configured))
-    except ConfigurationError:
-        sock.close()
-        raise
-    log.info("signatures are checked against %s (status callbacks: %s)", public_url, status_url)
-    log.info("B1 webhooks: %s", join(public_url, B1_EVENTS_PATH) if configured.b1_webhook_username else "off")
-    server = BannerServer(uvicorn.Config(app, log_level="info", lifespan="off"), banner=f"listening on {url}")
-    # uvicorn re-raises the stop signal after its graceful shutdown; neutral handlers make that a clean exit.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
-    print("stopped", flush=True)
-    return 0

@@ -23,6 +23,7 @@ import dagster as dg
 
 from b1twilio_pipeline.b1.entities import EntitySpec
 from b1twilio_pipeline.core import milestones
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.settings import current
 from b1twilio_pipeline.notifications.self_monitoring import (
@@ -34,7 +35,7 @@ from b1twilio_pipeline.notifications.self_monitoring import (
 )
 from b1twilio_pipeline.notifications.send import NOTIFICATIONS_KEY
 
-SERVICE_LAYER_KEY = dg.AssetKey(["b1", "service_layer"])
+SERVICE_LAYER_KEY = asset_key("b1", "service_layer")
 SELF_MONITORING_GROUP = "self_monitoring"
 
 service_layer = dg.AssetSpec(

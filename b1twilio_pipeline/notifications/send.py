@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
 from b1twilio_pipeline.core.automation import KIND, SENT
+from b1twilio_pipeline.core.company_scope import asset_key, company_tags
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, current
@@ -41,7 +42,7 @@ from b1twilio_pipeline.notifications.twilio_api import AmbiguousDelivery, Outbou
 from b1twilio_pipeline.notifications.twilio_auth import TwilioAuth
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 
-NOTIFICATIONS_KEY = dg.AssetKey(["notifications", "sent_notifications"])
+NOTIFICATIONS_KEY = asset_key("notifications", "sent_notifications")
 ADMIN_RULE = "b1twilio-admin"  # rule id of the pipeline's own alerts to the admins group
 # Another worker is sending to the same person: a call lookup now could mistake its call for ours.
 BUSY_RETRY = timedelta(seconds=30)
@@ -245,7 +246,7 @@ def send_notifications(context: dg.OpExecutionContext, config: NotifyConfig, rul
 @dg.job(
     description="Send the due notifications picked up by one notification sensor tick.",
     # The ledger owns retries (re-drive with backoff): Dagster must not re-execute a failed send step.
-    tags={KIND: "notification", "dagster/max_retries": "0"},
+    tags={KIND: "notification", "dagster/max_retries": "0", **company_tags()},
 )
 def notify_job() -> None:
     send_notifications()

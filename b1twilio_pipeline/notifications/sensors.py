@@ -17,6 +17,7 @@ import dagster as dg
 
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.core.automation import KIND, RUNNING, SENT, UNFINISHED, runs_in_flight
+from b1twilio_pipeline.core.company_scope import company_tags
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.sql import utcnow
 from b1twilio_pipeline.notifications.b1_audit import AUDIT_KEY
@@ -31,14 +32,14 @@ MAX_BATCH = 1000  # notifications per notification run
 delivery_job = dg.define_asset_job(
     "delivery_job", selection=dg.AssetSelection.assets(DELIVERIES_KEY, AUDIT_KEY),
     description="Reconcile delivery statuses with Twilio and write receipts to the B1 audit table.",
-    tags={KIND: "delivery"})
+    tags={KIND: "delivery", **company_tags()})
 
 
 def _in_flight_notifications(instance: dg.DagsterInstance, within: timedelta) -> dict[str, int]:
     """Notification id -> claim count as handed to a notification run that is queued or running and was
     created within `within` (the lease): such a run will claim the row itself. A run older than that
     whose rows are still unclaimed is presumed dead (the default run launcher cannot tell)."""
-    records = instance.get_run_records(dg.RunsFilter(job_name=notify_job.name, statuses=UNFINISHED,
+    records = instance.get_run_records(dg.RunsFilter(job_name=notify_job.name, statuses=UNFINISHED, tags=company_tags(),
                                                      created_after=datetime.now(UTC) - within))
     carried: dict[str, int] = {}
     for record in records:

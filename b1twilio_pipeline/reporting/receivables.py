@@ -12,6 +12,7 @@ from b1twilio_pipeline.alerts.evaluation import open_amount, parse_day
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.b1.snapshot_store import Snapshot, SnapshotStore
 from b1twilio_pipeline.b1.state import OPEN_INVOICES_KEY
+from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.markdown import markdown_table
 
@@ -49,8 +50,8 @@ def aging_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @dg.asset(
-    key=dg.AssetKey(["alerts", "overdue_receivables"]),
-    deps=[dg.AssetKey(["b1", "sales_invoices"]), OPEN_INVOICES_KEY],
+    key=asset_key("alerts", "overdue_receivables"),
+    deps=[asset_key("b1", "sales_invoices"), OPEN_INVOICES_KEY],
     group_name=ALERTS_GROUP,
     kinds={"pandas"},
     description="Overdue open amounts per customer and currency in 30-day buckets (what the overdue "

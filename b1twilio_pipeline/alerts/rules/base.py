@@ -27,6 +27,7 @@ from b1twilio_pipeline.alerts.quiet_hours import QuietHours
 from b1twilio_pipeline.alerts.rules.digest import Digest
 from b1twilio_pipeline.alerts.rules.fields import Flag, RuleId, TimeZoneName, fail
 from b1twilio_pipeline.alerts.rules.templates import check_template, render
+from b1twilio_pipeline.core.settings import current
 
 RULE_CHANNELS = ("sms", "voice", "sms_then_voice")
 NEXT_RECIPIENT = "next_recipient"
@@ -179,9 +180,10 @@ class Rule(BaseModel):
 
     def render(self, fields: Mapping[str, Any], locale: str | None = None) -> str:
         """The message text for a reader of `locale` (the recipient's; default en-US): amount fields such
-        as {DocTotalText} follow it. Missing or None fields render empty rather than losing the alert."""
+        as {DocTotalText} follow it; it names the company when this process serves one of
+        several. Missing or None fields render empty rather than losing the alert."""
         try:
-            return render(self.template, self.TEMPLATE_FIELDS, fields, locale)
+            return render(self.template, self.TEMPLATE_FIELDS, fields, locale, current().b1twilio_company_name)
         except ValueError as exc:
             raise ValueError(f"rule '{self.id}': {exc}") from None
 

@@ -4,7 +4,11 @@ and rendered tolerantly (a field B1 left empty renders empty rather than losing 
 
 Amount fields come twice: as the number B1 gave (`{DocTotal:,.2f}`, formatted as written) and as text in
 the reader's locale with the document's currency (`{DocTotalText}`: "$1,200.00" in en-US, "1.200,00 €" in
-de-DE), computed when the message is rendered for a recipient (see `money`)."""
+de-DE), computed when the message is rendered for a recipient (see `money`).
+
+Every kind also offers `{company}`: the name of the company the alert is about, when one deployment watches
+several (empty with one). A template that does not place it gets the name in front ("Muster GmbH: ..."),
+so a person who hears from several companies always knows which one it is."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from b1twilio_pipeline.alerts.rules.fields import fail
 from b1twilio_pipeline.alerts.rules.money import format_amount
 
 MAX_FORMAT_WIDTH = 200
+COMPANY = "company"
 # Text field -> the amount it writes out, in the currency of field CURRENCY, for the recipient's locale. A
 # kind offers one by listing it in its TEMPLATE_FIELDS (as str) next to the amount and the currency.
 AMOUNT_TEXTS = {"DocTotalText": "DocTotal", "PaidToDateText": "PaidToDate", "open_amount_text": "open_amount",
@@ -31,6 +36,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "change": "DocTotal 100.00 -> 120.00", "amount": 500.0, "invoices": "1001, 1002", "ItemCode": "A00001",
     "ItemName": "Printer paper A4", "WarehouseCode": "01", "InStock": 3.0, "MinimalStock": 10.0,
     "DocTotalText": "€1,234.50", "PaidToDateText": "€0.00", "open_amount_text": "€1,234.50", "amount_text": "€500.00",
+    COMPANY: "Muster GmbH",
 }
 
 
@@ -50,6 +56,7 @@ def check_template(template: Any, kind: str, provided: Mapping[str, type]) -> st
     """The template, or a PydanticCustomError saying what is wrong with it for `kind`."""
     if not isinstance(template, str) or not template.strip():
         raise fail("must be non-empty text such as \"Invoice {DocNum} ...\"")
+    provided = {**provided, COMPANY: str}
     try:
         found = references(template)
     except ValueError as exc:
@@ -98,10 +105,12 @@ class _Blank:
         return ""
 
 
-def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any], locale: str | None = None) -> str:
+def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any], locale: str | None = None,
+           company: str | None = None) -> str:
     """The message text: numbers given as text become numbers, ISO midnights become dates, amount texts
-    follow `locale`, missing fields render empty. ValueError when a value does not fit its format."""
-    values: dict[str, Any] = dict(fields)
+    follow `locale`, missing fields render empty; `company` (a name, when there are several companies) where
+    the template places it, else in front. ValueError when a value does not fit its format."""
+    values: dict[str, Any] = {**fields, COMPANY: company or _Blank()}
     for name, kind_type in provided.items():
         value = fields.get(name)
         if value is None:
@@ -116,6 +125,8 @@ def render(template: str, provided: Mapping[str, type], fields: Mapping[str, Any
     for name, amount in AMOUNT_TEXTS.items():
         if name in provided:
             values[name] = format_amount(values.get(amount), fields.get(CURRENCY), locale) or _Blank()
+    if company and COMPANY not in {name for name, _spec, _conversion in references(template)}:
+        template = "{company}: " + template
     try:
         return template.format_map(values)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
