@@ -18,6 +18,9 @@
     b1twilio watchdog [--stale-minutes N]         text the admins once when the daemon stops ticking
     b1twilio demo [--port N] [--data-dir D] [--fresh]   the quick start (b1twilio_sim.demo)
 
+With a companies file, `b1twilio --company ID COMMAND` runs a command for that company (its B1, rules file
+and store), e.g. `b1twilio --company de01 setup-b1-audit-table`.
+
 Exit status: 0 done; 2 bad configuration or input (a rules file, a setting, a secret, a database URL, B1
 refusing the login), as one `error: ...` line on stderr, never a traceback; 1 a service that cannot be
 reached or fails (the database, the B1 Service Layer), also one `error: ...` line: trying again later may
@@ -88,6 +91,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # usage errors and --help: argparse already printed
         return int(exc.code or 0)
     try:
+        if args.company:
+            from b1twilio_pipeline.company_location import serve_company
+
+            serve_company(args.company)
         return int(args.handler(args) or 0)
     except BrokenPipeError:
         raise
@@ -108,6 +115,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="b1twilio", description="b1twilio-pipeline operator commands")
+    parser.add_argument("--company", metavar="ID", help="act for this company of the companies file "
+                                                        "(B1TWILIO_COMPANIES): its B1, rules and store")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     secrets = commands.add_parser("secrets", help="manage the encrypted secrets store")

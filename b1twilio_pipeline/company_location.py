@@ -54,24 +54,25 @@ def company_definitions(company_id: str) -> dg.Definitions:
     """The definitions of company `company_id`, this process made that company's first (Dagster asks for
     the attribute twice: the second time the process is that company's already)."""
     if settings.current().b1twilio_company != company_id:
-        _serve(company_id)
+        serve_company(company_id)
     from b1twilio_pipeline.definitions import defs  # after `serve`: the stages' asset keys carry the company
 
     return defs
 
 
-def _serve(company_id: str) -> None:
+def serve_company(company_id: str) -> None:
+    """Make this process company `company_id`'s (a code location, or `b1twilio --company ID ...`)."""
     path = companies_path()
     if path is None:
-        raise ConfigurationError(f"code location {company_id}: B1TWILIO_COMPANIES is not set; a company's code "
-                                 "location needs the companies file that describes it")
+        raise ConfigurationError(f"company {company_id}: B1TWILIO_COMPANIES is not set: set it to the companies "
+                                 "file that describes the company")
     company = next((c for c in load_companies(path) if c.id == company_id), None)
     if company is None:
-        raise ConfigurationError(f"code location {company_id}: no company '{company_id}' in {path}: regenerate "
-                                 "workspace.yaml with `b1twilio workspace`")
+        raise ConfigurationError(f"company {company_id}: no such id in {path}: check the id (a workspace.yaml "
+                                 "older than the file: regenerate it with `b1twilio workspace`)")
     if STAGES in sys.modules:
-        raise ConfigurationError(f"code location {company_id}: this process loaded the pipeline for another "
-                                 "company already; each company needs its own code location")
+        raise ConfigurationError(f"company {company_id}: this process loaded the pipeline for another company "
+                                 "already; each company needs its own code location")
     settings.serve(company_settings(company, path))
 
 

@@ -335,7 +335,7 @@ def test_workspace_names_a_code_location_per_company_that_dagster_loads(cli: Cli
     assert not (tmp_path / "store.sqlite").exists()  # each company its own store, none shared
 
 
-def test_workspace_without_a_companies_file_and_a_location_of_no_company_say_so_in_one_line(
+def test_workspace_without_a_companies_file_and_an_unknown_company_say_so_in_one_line(
         cli: Cli, tmp_path: Path) -> None:
     missing = cli("workspace")
     assert missing.returncode == 2
@@ -347,8 +347,20 @@ def test_workspace_without_a_companies_file_and_a_location_of_no_company_say_so_
                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert unknown.returncode != 0
     assert unknown.stderr.splitlines()[-1] == (
-        f"b1twilio_pipeline.core.errors.ConfigurationError: code location xx01: no company 'xx01' in {path}: "
-        "regenerate workspace.yaml with `b1twilio workspace`")
+        f"b1twilio_pipeline.core.errors.ConfigurationError: company xx01: no such id in {path}: check the id (a "
+        "workspace.yaml older than the file: regenerate it with `b1twilio workspace`)")
+    assert cli("--company", "xx01", "db", "upgrade", env=env).stderr == (
+        f"error: company xx01: no such id in {path}: check the id (a workspace.yaml older than the file: regenerate "
+        "it with `b1twilio workspace`)\n")
+
+
+def test_a_command_for_one_company_acts_on_its_store(cli: Cli, tmp_path: Path) -> None:
+    env = {"B1TWILIO_COMPANIES": str(_companies(tmp_path, "")),
+           "B1TWILIO_DATABASE_URL": f"sqlite:///{tmp_path}/store.sqlite"}
+    result = cli("--company", "de01", "db", "upgrade", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"store sqlite:///{tmp_path}/store-de01.sqlite: upgraded from revision none")
+    assert not (tmp_path / "store.sqlite").exists()
 
 
 def test_usage_errors_and_help(cli: Cli) -> None:

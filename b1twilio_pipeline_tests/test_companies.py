@@ -28,7 +28,13 @@ import sqlalchemy as sa
 
 from b1twilio_pipeline.core.company_scope import COMPANY
 from b1twilio_pipeline_tests.fixtures_pipeline import POSTGRES, create_database, drop_database
-from b1twilio_sim.deployment import DagsterProcess, free_port, postgres_instance
+from b1twilio_sim.deployment import (
+    LOCATIONS_QUERY,
+    DagsterProcess,
+    free_port,
+    postgres_instance,
+    supplier_invoice_rules,
+)
 from b1twilio_sim.sap_b1 import SapB1Simulator
 from b1twilio_sim.twilio import TwilioSimulator
 
@@ -38,18 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 DANA = "+15005550101"
 ACCOUNT_SID, AUTH_TOKEN = "AC" + "1" * 32, "f" * 32
-RULES = f"""\
-timezone: Europe/Berlin
-recipients:
-  ap_team:
-    - {{name: Dana, phone: "{DANA}"}}
-rules:
-  - id: ap-new-supplier-invoice
-    kind: purchase_invoice_received
-    channel: sms
-    recipients: [ap_team]
-    template: "Supplier invoice {{DocNum}} from {{CardName}}"
-"""
+RULES = supplier_invoice_rules(DANA, "Europe/Berlin")
 COMPANIES = {"de01": ("Muster GmbH", "SBODEMODE"), "us01": ("Acme Inc", "SBODEMOUS")}
 
 
@@ -85,17 +80,13 @@ class Deployment:
         return "\n".join(self.dagster.log_path.read_text(errors="replace").splitlines()[-30:])
 
 
-LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
-  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-
-
 def _wait_loaded(dagster: DagsterProcess, timeout_s: float = 180) -> list[str]:
     """The code locations' names once all of them loaded; a load error fails at once with its message."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=10) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, KeyError, TypeError):
-                entries = client.post(f"{dagster.url}/graphql", json={"query": LOCATIONS}).json()[
+                entries = client.post(f"{dagster.url}/graphql", json={"query": LOCATIONS_QUERY}).json()[
                     "data"]["workspaceOrError"]["locationEntries"]
                 errors = [entry["locationOrLoadError"] for entry in entries
                           if (entry["locationOrLoadError"] or {}).get("__typename") == "PythonError"]

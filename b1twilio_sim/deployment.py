@@ -73,6 +73,18 @@ load_from:
 """
 
 
+# The code locations of a `dagster dev` and how each loaded (GraphQL), for waiting until all of them did.
+LOCATIONS_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def supplier_invoice_rules(phone: str, timezone: str) -> str:
+    """A rules file with one rule: an SMS to `phone` (Dana) about every new supplier invoice."""
+    return (f"timezone: {timezone}\nrecipients:\n  ap_team:\n    - {{name: Dana, phone: \"{phone}\"}}\nrules:\n"
+            "  - id: ap-new-supplier-invoice\n    kind: purchase_invoice_received\n    channel: sms\n"
+            "    recipients: [ap_team]\n    template: \"Supplier invoice {DocNum} from {CardName}\"\n")
+
+
 def workspace_yaml(module: str, location: str) -> str:
     """A workspace serving `module`'s `defs` as one code location (another design, an empty location)."""
     return (f"load_from:\n  - python_module:\n      module_name: {module}\n"

@@ -5,6 +5,7 @@ them to `benchmarks/results.md`.
     python -m benchmarks --invoices 20000      # smaller initial sync and poll
     python -m benchmarks --only incremental_poll
     python -m benchmarks --only idle --idle-minutes 2 --designs current --storages sqlite --output -
+    python -m benchmarks --only companies --companies 20 --idle-minutes 10
     python -m benchmarks --output -            # print only, write no file
 """
 
@@ -18,13 +19,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import daemon, incremental_poll, initial_sync
+from benchmarks import companies, daemon, incremental_poll, initial_sync
 from benchmarks._common import BenchResult, machine_info, machine_markdown
 from benchmarks._session import DESIGNS, STORAGES, DaemonOptions
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
 IN_PROCESS = ("initial_sync", "incremental_poll")
-NAMES = IN_PROCESS + daemon.NAMES
+NAMES = (*IN_PROCESS, *daemon.NAMES, "companies")
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--storages", type=_names(STORAGES), default=defaults.storages,
                         help="instance storages of the idle (and latency: the first) deployments "
                              "(default sqlite,postgres)")
+    parser.add_argument("--companies", type=int, default=20,
+                        help="companies of the many-company deployment, measured beside one alone (default 20)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
                         help="markdown file to write (default benchmarks/results.md); '-' to write none")
     return parser
@@ -85,6 +88,9 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[BenchRe
         options = DaemonOptions(idle_minutes=args.idle_minutes, changes=args.changes, bursts=args.bursts,
                                 designs=args.designs, storages=args.storages)
         steps.append((" + ".join(under_daemon), lambda: daemon.run(options, under_daemon)))
+    if "companies" in chosen:
+        counts = (1, args.companies) if args.companies > 1 else (1,)
+        steps.append(("companies", lambda: [companies.run(counts, args.idle_minutes, args.changes)]))
     return steps
 
 

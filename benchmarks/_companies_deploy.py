@@ -1,0 +1,158 @@
+"""A many-company deployment for the `companies` benchmark: `dagster dev` on the production instance
+configuration (PostgreSQL scratch databases) serving the workspace `b1twilio workspace` writes from a
+companies file, one B1 simulator per company (threads of this process, empty company databases), one
+Twilio simulator. Everything runs with its shipped defaults; status callbacks are off (statuses polled),
+as in the other daemon-level benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import httpx
+
+from b1twilio_pipeline.company_location import workspace_yaml
+from b1twilio_pipeline.core.companies import load_companies
+from b1twilio_sim.deployment import (
+    FROM_NUMBER,
+    HOST,
+    LOCATIONS_QUERY,
+    DagsterProcess,
+    child_environment,
+    create_scratch_database,
+    drop_scratch_database,
+    free_port,
+    postgres_instance,
+    supplier_invoice_rules,
+)
+from b1twilio_sim.sap_b1 import SapB1Simulator
+from b1twilio_sim.twilio import TwilioSimulator
+from benchmarks._cpu import CpuMeter, cpu_meter
+
+TIMEZONE = "Europe/Berlin"
+RECIPIENT = "+15005550101"
+ACCOUNT_SID, AUTH_TOKEN = "AC" + "b" * 32, "c" * 32
+
+
+def company_id(index: int) -> str:
+    return f"co{index + 1:02d}"
+
+
+def company_name(index: int) -> str:
+    return f"Company {index + 1:02d}"
+
+
+class CompaniesDeployment:
+    """`count` companies in one deployment under `workdir`; `close()` stops and drops everything."""
+
+    def __init__(self, count: int, workdir: Path) -> None:
+        self.count = count
+        self.folder = workdir / f"companies-{count}-{int(time.time())}"
+        self.home = self.folder / "dagster_home"
+        self.home.mkdir(parents=True)
+        self.log = self.folder / "dagster.log"
+        self.databases: list[str] = []
+        self.sap: dict[str, SapB1Simulator] = {}
+        self.twilio: TwilioSimulator | None = None
+        self.dagster: DagsterProcess | None = None
+        self.instance: dg.DagsterInstance | None = None
+        self.meter: CpuMeter = cpu_meter(f"companies_{count}")
+
+    def start(self) -> None:
+        name, instance_url = create_scratch_database("bench_companies_dagster")
+        self.databases.append(name)
+        name, store_url = create_scratch_database("bench_companies_store")
+        self.databases.append(name)
+        (self.home / "dagster.yaml").write_text(postgres_instance(instance_url))
+        for index in range(self.count):
+            self.sap[company_id(index)] = SapB1Simulator(
+                HOST, 0, company_db=f"SBO{index + 1:02d}", username="manager", password=f"pw-{index}",
+                timezone=TIMEZONE, seed=False).start_background()
+        self.twilio = TwilioSimulator(HOST, 0, account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN).start_background()
+        (self.folder / "rules.yaml").write_text(supplier_invoice_rules(RECIPIENT, TIMEZONE))
+        companies = self.folder / "companies.yaml"
+        companies.write_text("companies:\n" + "".join(
+            f"  - {{id: {company_id(i)}, name: {company_name(i)}, "
+            f"service_layer_url: '{self.sap[company_id(i)].base_url}',"
+            f" company_db: SBO{i + 1:02d}, username: manager, password_ref: B1_PASSWORD_{company_id(i).upper()},"
+            f" timezone: {TIMEZONE}, rules: rules.yaml}}\n" for i in range(self.count)))
+        env = child_environment({
+            "DAGSTER_HOME": str(self.home), "B1TWILIO_COMPANIES": str(companies),
+            "B1TWILIO_DATABASE_URL": store_url, "B1TWILIO_SECRETS_FILE": str(self.folder / "no-secrets.enc"),
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM_NUMBER": FROM_NUMBER,
+            "TWILIO_API_BASE_URL": self.twilio.url,
+            **{f"B1_PASSWORD_{company_id(i).upper()}": f"pw-{i}" for i in range(self.count)},
+        })
+        self.dagster = DagsterProcess(self.folder, env, self.log, ui_port=free_port(),
+                                      workspace=workspace_yaml(load_companies(companies)),
+                                      prefix=self.meter.prefix())
+        self.meter.attach(self.dagster.pid)
+        self.instance = dg.DagsterInstance.from_config(str(self.home))
+
+    def wait_ready(self, timeout_s: float = 900.0) -> float:
+        """Seconds until every company's code location loaded and the daemon's sensor loop beats."""
+        assert self.dagster is not None and self.instance is not None
+        started = time.monotonic()
+        with httpx.Client(timeout=30.0) as client:
+            while time.monotonic() - started < timeout_s:
+                if not self.dagster.alive():
+                    raise RuntimeError(f"dagster dev exited:\n{self.tail()}")
+                with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError):
+                    entries = client.post(f"{self.dagster.url}/graphql", json={"query": LOCATIONS_QUERY}).json()[
+                        "data"]["workspaceOrError"]["locationEntries"]
+                    failed = [e for e in entries if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
+                    if failed:
+                        raise RuntimeError(f"{failed[0]['name']}: {failed[0]['locationOrLoadError']['message'][:600]}")
+                    loaded = len(entries) == self.count and all(e["loadStatus"] == "LOADED" for e in entries)
+                    if loaded and "SENSOR" in self.instance.get_daemon_heartbeats():
+                        return time.monotonic() - started
+                time.sleep(2.0)
+        raise RuntimeError(f"{self.count} companies not ready within {timeout_s:.0f} s:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        return self.meter.seconds()
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def runs(self, since: float, until: float) -> int:
+        assert self.instance is not None
+        return self.instance.get_runs_count(dg.RunsFilter(
+            created_after=datetime.fromtimestamp(since, UTC), created_before=datetime.fromtimestamp(until, UTC)))
+
+    def unfinished_runs(self) -> int:
+        assert self.instance is not None
+        return self.instance.get_runs_count(dg.RunsFilter(statuses=[
+            dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED]))
+
+    def b1_requests(self) -> dict[str, int]:
+        return {company: sap.count_requests() for company, sap in self.sap.items()}
+
+    def texts(self) -> list[str]:
+        assert self.twilio is not None
+        return [message["body"] for message in self.twilio.messages()]
+
+    def tail(self, lines: int = 25) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def close(self) -> None:
+        if self.dagster is not None:
+            with contextlib.suppress(Exception):
+                self.dagster.stop()
+            self.dagster.close()
+        self.meter.close()
+        if self.instance is not None:
+            self.instance.dispose()
+        for simulator in (*self.sap.values(), *([self.twilio] if self.twilio else [])):
+            with contextlib.suppress(Exception):
+                simulator.stop()
+        for name in self.databases:
+            drop_scratch_database(name)
