@@ -23,6 +23,7 @@ from b1twilio_pipeline.alerts.rules import (
     load_rules,
     rules_path,
 )
+from b1twilio_pipeline.core.company_scope import pipeline_name
 from b1twilio_pipeline.core.phones import mask_phone
 from b1twilio_pipeline.core.settings import ConfigurationError
 
@@ -227,6 +228,7 @@ def test_a_company_of_several_is_named_where_the_template_says_else_in_front(
         "[Muster GmbH] Invoice 7 from Acme")
     assert load_rules(write(tmp_path, BASE + GOOD_RULES)).rule("ap-new").render(fields).startswith(
         "Muster GmbH: Invoice 7 from Acme")
+    assert pipeline_name() == "b1twilio (Muster GmbH)"  # what the pipeline tells the admins itself
 
 
 # --- one line per mistake, naming file, rule or group, field -----------------------------------------------

@@ -121,8 +121,8 @@ def result(measured: list[CompaniesFigures]) -> BenchResult:
         "one code location per company (`b1twilio workspace`), one B1 simulator per company (empty company "
         "databases), one Twilio simulator, shipped defaults; measured one after the other in the same run.",
         "Idle: after every company's first state refresh was over and no run was queued or running for "
-        f"{QUIET_S:.0f} s; window length: " + ", ".join(f"{f.companies} companies {f.minutes:.1f} min"
-                                                       for f in measured) + ".",
+        f"{QUIET_S:.0f} s; window length: " + ", ".join(
+            f"{f.companies} compan{'y' if f.companies == 1 else 'ies'} {f.minutes:.1f} min" for f in measured) + ".",
         "Latency: one new supplier invoice per company (one company alone: several), posted one after another "
         "5-20 s after the previous SMS, timed until the Twilio simulator held the SMS naming the company.",
     ]

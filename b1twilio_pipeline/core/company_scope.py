@@ -33,3 +33,10 @@ def company_tags() -> dict[str, str]:
     """The tags that scope a run (and a query for runs) to the served company; empty with one company."""
     company = served_company()
     return {COMPANY: company} if company else {}
+
+
+def pipeline_name() -> str:
+    """How the pipeline signs what it tells the admins itself: with the company's name when it serves one of
+    several ("b1twilio (Muster GmbH): B1 is not answering ..."), so an admin of many knows which."""
+    name = current().b1twilio_company_name
+    return f"b1twilio ({name})" if name else "b1twilio"

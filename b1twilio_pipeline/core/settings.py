@@ -239,7 +239,7 @@ _serving: dict[str, str] = {}  # see `serve`
 
 
 def serve(values: dict[str, str]) -> None:
-    """Make this process one company's (`companies.Company.settings`): its values stand in for the
+    """Make this process one company's (`company_location.company_settings`): its values stand in for the
     environment's from now on. A code location's process serves one company for its whole life; asking it
     to serve another is a bug that would mix two companies' data, and is refused."""
     with _built_lock:

@@ -43,6 +43,7 @@ from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
 from b1twilio_pipeline.b1.entities import ENTITIES, ENTITY_BY_NAME
 from b1twilio_pipeline.b1.probe_health import B1_FAILING, entity_failing
 from b1twilio_pipeline.core import milestones
+from b1twilio_pipeline.core.company_scope import pipeline_name
 from b1twilio_pipeline.core.settings import current
 from b1twilio_pipeline.notifications import watchdog
 from b1twilio_pipeline.notifications.ledger import SENDING, Ledger, Notification, PlannedNotification, bounded_id
@@ -148,7 +149,7 @@ def _messages(people: Sequence[Recipient], incident: str, opened: datetime, kind
     return [PlannedNotification(
         notification_id=bounded_id(alert_id, kind, person.key, "sms"), alert_id=alert_id, rule_id=ADMIN_RULE,
         document=incident, recipient=person.key, recipient_name=person.name, recipient_masked=person.masked,
-        channel="sms", body=f"b1twilio: {text}"[:600], not_before=now) for person in people]
+        channel="sms", body=f"{pipeline_name()}: {text}"[:600], not_before=now) for person in people]
 
 
 class SelfMonitoring:

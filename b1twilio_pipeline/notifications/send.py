@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from b1twilio_pipeline.alerts.resource import RulesResource
 from b1twilio_pipeline.alerts.rules import Recipient, RulesConfig
 from b1twilio_pipeline.core.automation import KIND, SENT
-from b1twilio_pipeline.core.company_scope import asset_key, company_tags
+from b1twilio_pipeline.core.company_scope import asset_key, company_tags, pipeline_name
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 from b1twilio_pipeline.core.phones import mask_phones_in
 from b1twilio_pipeline.core.settings import ConfigurationError, current
@@ -154,7 +154,7 @@ class Sender:
         """One SMS per person of the admins group about a notification that will not go out by itself."""
         if n.rule_id == ADMIN_RULE:
             return []  # never alert about alerts to the admins: that could loop
-        text = (f"b1twilio: the {n.channel} to {n.recipient_name} about {n.document} (rule {n.rule_id}) "
+        text = (f"{pipeline_name()}: the {n.channel} to {n.recipient_name} about {n.document} (rule {n.rule_id}) "
                 f"did not go out: {reason}")[:600]
         now = utcnow()
         alert_id = bounded_id("admin", n.notification_id, limit=200)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from b1twilio_pipeline.alerts.rules import load_rules
 from b1twilio_pipeline.b1.sensors import HEARTBEAT
 from b1twilio_pipeline.core import milestones
+from b1twilio_pipeline.core.company_scope import pipeline_name
 from b1twilio_pipeline.core.database import engine_for
 from b1twilio_pipeline.core.errors import ConfigurationError
 from b1twilio_pipeline.core.settings import current
@@ -58,14 +59,14 @@ def watch(engine: Engine, now: datetime, stale_after: timedelta) -> str:
         if not milestones.open_once(engine, INCIDENT, now):
             return f"daemon silent {since}: the admins were told already"
         try:
-            told = _tell_admins(f"b1twilio: the Dagster daemon has not run its sensors {since}: no alerts are "
+            told = _tell_admins(f"{pipeline_name()}: the Dagster daemon has not run its sensors {since}: no alerts are "
                                 "going out. Check the b1twilio-daemon service.")
         except Exception:
             milestones.close(engine, INCIDENT)  # the next run tries again
             raise
         return f"daemon silent {since}: {told} admin(s) told"
     if milestones.close(engine, INCIDENT):
-        told = _tell_admins(f"b1twilio: the Dagster daemon runs again (last tick {beat:%H:%M} UTC): alerts "
+        told = _tell_admins(f"{pipeline_name()}: the Dagster daemon runs again (last tick {beat:%H:%M} UTC): alerts "
                             "are going out.")
         return f"daemon ticking again: {told} admin(s) told"
     return f"daemon ticking (last tick {beat:%Y-%m-%d %H:%M:%S} UTC)"
