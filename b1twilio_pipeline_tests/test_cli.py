@@ -290,6 +290,10 @@ def test_check_config_checks_the_companies_file_and_each_rules_file_it_names(cli
      " password_ref: P, timezone: UTC, rules: rules-de01.yaml}\n",
      "company 'DE-02' (entry 2): field 'id': must be 2-8 lower-case letters and digits starting with a letter, "
      "e.g. de01"),
+    ("  - {id: \"de\\e02\", name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
+     " password_ref: P, timezone: UTC, rules: rules-de01.yaml}\n",
+     "company 'de\\x1b02' (entry 2): field 'id': must be 2-8 lower-case letters and digits starting with a "
+     "letter, e.g. de01"),  # a terminal escape in the file is shown, not sent to the operator's terminal
     ("  - {id: de02, name: B, service_layer_url: 'https://b:50000/b1s/v1', company_db: D, username: u,"
      " password_ref: P, timezone: Europe/Berlinn, rules: rules-de01.yaml}\n",
      "company 'de02' (entry 2): field 'timezone': is not a time zone: use an IANA name such as 'Europe/Berlin'"),

@@ -18,14 +18,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.errors import FileConfigError
 from b1twilio_pipeline.core.settings import COMPANY_ID, STORABLE_NAME, ServiceLayerUrl, TimeZone, current
 from b1twilio_pipeline.core.yaml_file import read_yaml
 
 Text = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class CompaniesConfigError(ConfigurationError):
+class CompaniesConfigError(FileConfigError):
     """The companies file is invalid; one line naming the file, the company and the field."""
 
 

@@ -18,7 +18,7 @@ from b1twilio_pipeline.alerts.rules.config import RulesConfig, RulesFile
 from b1twilio_pipeline.alerts.rules.fields import _RULE_ID
 from b1twilio_pipeline.alerts.rules.kinds import KIND_BY_NAME, KINDS, RULE_KINDS
 from b1twilio_pipeline.alerts.rules.recipients import Recipient
-from b1twilio_pipeline.core.errors import ConfigurationError
+from b1twilio_pipeline.core.errors import FileConfigError
 from b1twilio_pipeline.core.settings import current
 from b1twilio_pipeline.core.yaml_file import read_yaml, too_deeply_nested
 
@@ -32,13 +32,8 @@ _SHAPES = {
 }
 
 
-class RulesConfigError(ConfigurationError):
-    """The rules file is invalid; the message is one line naming file, rule or group, and field. A value
-    quoted from the file keeps its line breaks and control characters visible as escapes (`\\n`), so the
-    message stays one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+class RulesConfigError(FileConfigError):
+    """The rules file is invalid; the message is one line naming file, rule or group, and field."""
 
 
 def default_rules_path() -> Path:
