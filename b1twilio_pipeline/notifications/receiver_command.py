@@ -13,11 +13,13 @@ deliveries asset, when a Dagster instance is configured (DAGSTER_HOME).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -43,6 +45,9 @@ from b1twilio_pipeline.notifications.receiver import create_app
 from b1twilio_pipeline.notifications.receiver_server import BannerServer, base_url, bound_socket
 from b1twilio_pipeline.notifications.statuses import StatusEvent
 
+if TYPE_CHECKING:
+    import dagster as dg
+
 log = logging.getLogger(__name__)
 
 Reporter = tuple[Callable[[StatusEvent], None] | None, Callable[[Acknowledgement, Notification], None] | None]
@@ -60,7 +65,7 @@ def dagster_reporter(company: str | None = None) -> Reporter:
     from b1twilio_pipeline.core.company_scope import asset_key
     from b1twilio_pipeline.notifications.deliveries import DELIVERIES_PATH
 
-    instance, key = dg.DagsterInstance.get(), asset_key(*DELIVERIES_PATH, company=company)
+    instance, key = _dagster_instance(), asset_key(*DELIVERIES_PATH, company=company)
 
     def report(event: StatusEvent) -> None:
         instance.report_runless_asset_event(dg.AssetObservation(
@@ -77,7 +82,16 @@ def dagster_reporter(company: str | None = None) -> Reporter:
     return report, acknowledged
 
 
+@functools.cache
+def _dagster_instance() -> dg.DagsterInstance:
+    """One instance (and connection pool) for every company's reports; Dagster is imported only when used."""
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
 def one_company_app(configured: Settings, auth_token: str, public_url: str) -> Starlette:
+    """The receiver of a one-company deployment: the store and rules of the settings, at the root."""
     engine = engine_for()
     on_change, on_acknowledged = dagster_reporter()
     status_url = configured.twilio_status_callback_url or join(public_url, STATUS_PATH)
