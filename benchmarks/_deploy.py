@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +56,27 @@ STORAGE_LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL", "queued": "SQLite
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
   locationOrLoadError { __typename ... on PythonError { message }
     ... on RepositoryLocation { repositories { jobs { name } } } } } } } }"""
+
+
+# Dagster's SQLite databases run in WAL mode: the write-ahead log grows to about 4 MB, is checkpointed into
+# the database and then reused at that size. Counting its file size would take a one-off 4 MB for a daily
+# rate; the data it holds is counted through the database's own page count instead (`_stored_bytes`).
+SQLITE_JOURNALS = ("-wal", "-shm", "-journal")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _stored_bytes(path: Path) -> int:
+    """A SQLite database: the bytes of its pages in use, as its readers see them (what the WAL holds
+    included, free pages excluded); any other file: its size."""
+    with contextlib.suppress(OSError):
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return path.stat().st_size
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            pages, free, size = (db.execute(f"PRAGMA {name}").fetchone()[0]
+                                 for name in ("page_count", "freelist_count", "page_size"))
+            return (pages - free) * size
+    return 0
 
 
 class DeploymentError(RuntimeError):
@@ -216,7 +238,8 @@ class Deployment:
         return int(state["messages"]) + int(state["calls"])
 
     def storage_bytes(self) -> int:
-        """SQLite: the Dagster home folder and the store file(s); PostgreSQL: both databases' sizes."""
+        """SQLite: the data in the Dagster home folder's databases and the store file(s), and every other file
+        there (compute logs); PostgreSQL: both databases' sizes."""
         if self.setup.storage == "postgres":
             urls = [self.instance_url] + ([self.store_url] if self.setup.design != "floor" else [])
             total = 0
@@ -228,4 +251,4 @@ class Deployment:
             return total
         files = [p for p in self.home.rglob("*") if p.is_file()]
         files += [p for p in self.folder.glob("store.sqlite*") if p.is_file()]
-        return sum(p.stat().st_size for p in files)
+        return sum(_stored_bytes(p) for p in files if not p.name.endswith(SQLITE_JOURNALS))

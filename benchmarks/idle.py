@@ -2,7 +2,8 @@
 
 Measured over a window of `--idle-minutes` on a deployment that has settled (its first sync and the
 alerts of the seeded data are over): Dagster runs created (from the run storage), CPU seconds of the whole
-`dagster dev` process tree (cgroup), growth of its storage (SQLite files or PostgreSQL database sizes) and
+`dagster dev` process tree (cgroup), growth of its storage (the pages in use of its SQLite databases, WAL
+journals excluded: see `_deploy.SQLITE_JOURNALS`; or the PostgreSQL databases' sizes) and
 requests the B1 simulator received. A window shorter than an hour is scaled to per hour (storage: per
 day); the table says how long it was. CPU above the floor subtracts the floor's CPU on the same storage,
 measured in the same run.
