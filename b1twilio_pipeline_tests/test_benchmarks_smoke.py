@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from b1twilio_pipeline_tests.fixtures_pipeline import create_database, drop_database
 from benchmarks import daemon, incremental_poll, initial_sync
 from benchmarks.__main__ import main
+from benchmarks._autovacuum import AutovacuumStandIn
 from benchmarks._session import DaemonOptions
 
 
@@ -76,3 +79,30 @@ def test_daemon_benchmarks_measure_the_current_design_under_dagster_dev() -> Non
     assert burst["runs"] >= 1 and burst["cpu_s"] > 0
     for result in (idle_result, latency_result, burst_result):
         assert "| current | " in result.markdown() and "met)" in result.markdown()  # a verdict, either way
+
+
+@pytest.mark.postgres
+def test_the_autovacuum_stand_in_vacuums_only_tables_over_autovacuums_threshold(postgres: sa.Engine) -> None:
+    name, url = create_database(postgres, "autovacuum")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    stand_in = AutovacuumStandIn([url])
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("create table churned (id int primary key, n int)"))
+            conn.execute(sa.text("create table calm (id int primary key, n int)"))
+            conn.execute(sa.text("insert into churned select i, 0 from generate_series(1, 10) i"))
+            conn.execute(sa.text("insert into calm select i, 0 from generate_series(1, 10) i"))
+            for _ in range(6):  # 60 dead versions: over 50 + 20 % of 10 rows
+                conn.execute(sa.text("update churned set n = n + 1"))
+            conn.execute(sa.text("update calm set n = n + 1"))  # 10 dead versions: under it
+            conn.execute(sa.text("select pg_stat_force_next_flush()"))
+
+        assert stand_in.vacuum_due() == 1
+
+        with engine.connect() as conn:
+            dead = dict(conn.execute(sa.text("select relname, n_dead_tup from pg_stat_user_tables")).all())
+        assert dead == {"churned": 0, "calm": 10}
+    finally:
+        stand_in.stop()
+        engine.dispose()
+        drop_database(postgres, name)

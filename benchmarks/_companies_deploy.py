@@ -8,12 +8,9 @@ as in the other daemon-level benchmarks.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import dagster as dg
 import httpx
 
 from b1twilio_pipeline.company_location import workspace_yaml
@@ -22,17 +19,13 @@ from b1twilio_sim.deployment import (
     FROM_NUMBER,
     HOST,
     LOCATIONS_QUERY,
-    DagsterProcess,
     child_environment,
-    create_scratch_database,
-    drop_scratch_database,
-    free_port,
     postgres_instance,
     supplier_invoice_rules,
 )
 from b1twilio_sim.sap_b1 import SapB1Simulator
 from b1twilio_sim.twilio import TwilioSimulator
-from benchmarks._cpu import CpuMeter, cpu_meter
+from benchmarks._deploy import DagsterDeployment
 
 TIMEZONE = "Europe/Berlin"
 RECIPIENT = "+15005550101"
@@ -47,27 +40,18 @@ def company_name(index: int) -> str:
     return f"Company {index + 1:02d}"
 
 
-class CompaniesDeployment:
+class CompaniesDeployment(DagsterDeployment):
     """`count` companies in one deployment under `workdir`; `close()` stops and drops everything."""
 
     def __init__(self, count: int, workdir: Path) -> None:
+        super().__init__(workdir / f"companies-{count}-{int(time.time())}", f"companies_{count}")
         self.count = count
-        self.folder = workdir / f"companies-{count}-{int(time.time())}"
-        self.home = self.folder / "dagster_home"
-        self.home.mkdir(parents=True)
-        self.log = self.folder / "dagster.log"
-        self.databases: list[str] = []
         self.sap: dict[str, SapB1Simulator] = {}
         self.twilio: TwilioSimulator | None = None
-        self.dagster: DagsterProcess | None = None
-        self.instance: dg.DagsterInstance | None = None
-        self.meter: CpuMeter = cpu_meter(f"companies_{count}")
 
     def start(self) -> None:
-        name, instance_url = create_scratch_database("bench_companies_dagster")
-        self.databases.append(name)
-        name, store_url = create_scratch_database("bench_companies_store")
-        self.databases.append(name)
+        instance_url = self.scratch_database("bench_companies_dagster")
+        store_url = self.scratch_database("bench_companies_store")
         (self.home / "dagster.yaml").write_text(postgres_instance(instance_url))
         for index in range(self.count):
             self.sap[company_id(index)] = SapB1Simulator(
@@ -88,11 +72,7 @@ class CompaniesDeployment:
             "TWILIO_API_BASE_URL": self.twilio.url,
             **{f"B1_PASSWORD_{company_id(i).upper()}": f"pw-{i}" for i in range(self.count)},
         })
-        self.dagster = DagsterProcess(self.folder, env, self.log, ui_port=free_port(),
-                                      workspace=workspace_yaml(load_companies(companies)),
-                                      prefix=self.meter.prefix())
-        self.meter.attach(self.dagster.pid)
-        self.instance = dg.DagsterInstance.from_config(str(self.home))
+        self.launch(self.folder, env, workspace_yaml(load_companies(companies)))
 
     def wait_ready(self, timeout_s: float = 900.0) -> float:
         """Seconds until every company's code location loaded and the daemon's sensor loop beats."""
@@ -114,23 +94,6 @@ class CompaniesDeployment:
                 time.sleep(2.0)
         raise RuntimeError(f"{self.count} companies not ready within {timeout_s:.0f} s:\n{self.tail()}")
 
-    def cpu_seconds(self) -> float:
-        return self.meter.seconds()
-
-    def remove_files(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def runs(self, since: float, until: float) -> int:
-        assert self.instance is not None
-        return self.instance.get_runs_count(dg.RunsFilter(
-            created_after=datetime.fromtimestamp(since, UTC), created_before=datetime.fromtimestamp(until, UTC)))
-
-    def unfinished_runs(self) -> int:
-        assert self.instance is not None
-        return self.instance.get_runs_count(dg.RunsFilter(statuses=[
-            dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-            dg.DagsterRunStatus.STARTED]))
-
     def b1_requests(self) -> dict[str, int]:
         return {company: sap.count_requests() for company, sap in self.sap.items()}
 
@@ -138,21 +101,7 @@ class CompaniesDeployment:
         assert self.twilio is not None
         return [message["body"] for message in self.twilio.messages()]
 
-    def tail(self, lines: int = 25) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def close(self) -> None:
-        if self.dagster is not None:
-            with contextlib.suppress(Exception):
-                self.dagster.stop()
-            self.dagster.close()
-        self.meter.close()
-        if self.instance is not None:
-            self.instance.dispose()
+    def stop_simulators(self) -> None:
         for simulator in (*self.sap.values(), *([self.twilio] if self.twilio else [])):
             with contextlib.suppress(Exception):
                 simulator.stop()
-        for name in self.databases:
-            drop_scratch_database(name)

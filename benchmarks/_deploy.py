@@ -10,6 +10,7 @@ delivery statuses are polled by both.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -39,6 +40,7 @@ from b1twilio_sim.deployment import (
     start_simulators,
     workspace_yaml,
 )
+from benchmarks._autovacuum import AutovacuumStandIn
 from benchmarks._common import REPO_ROOT
 from benchmarks._cpu import CpuMeter, cpu_meter
 
@@ -98,42 +100,107 @@ def queued_sqlite_instance() -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-class Deployment:
-    """Started by `start()`, measured through its methods, stopped and cleaned up by `close()`."""
+class DagsterDeployment(abc.ABC):
+    """What every benchmark deployment shares: `dagster dev` under its own folder and Dagster home, its whole
+    process tree in a CPU meter, a handle on its instance, its scratch PostgreSQL databases (autovacuum's
+    part played for them where the server has it off: `_autovacuum`), and one way to stop and clean up."""
+
+    def __init__(self, folder: Path, meter_name: str) -> None:
+        self.folder = folder
+        self.home = folder / "dagster_home"
+        self.home.mkdir(parents=True)
+        self.log = folder / "dagster.log"
+        self.databases: list[str] = []
+        self.database_urls: list[str] = []
+        self.dagster: DagsterProcess | None = None
+        self.instance: dg.DagsterInstance | None = None
+        self.meter: CpuMeter = cpu_meter(meter_name)
+        self.autovacuum: AutovacuumStandIn | None = None
+
+    def scratch_database(self, purpose: str) -> str:
+        """A new PostgreSQL database of this deployment's, dropped by `close()`: its URL."""
+        name, url = create_scratch_database(purpose)
+        self.databases.append(name)
+        self.database_urls.append(url)
+        return url
+
+    def launch(self, cwd: Path, env: dict[str, str], workspace: str) -> None:
+        """Start `dagster dev` on the Dagster home's `dagster.yaml` and begin metering it."""
+        self.dagster = DagsterProcess(cwd, env, self.log, ui_port=free_port(), workspace=workspace,
+                                      prefix=self.meter.prefix())
+        self.meter.attach(self.dagster.pid)
+        self.instance = dg.DagsterInstance.from_config(str(self.home))
+        if self.database_urls:
+            self.autovacuum = AutovacuumStandIn(self.database_urls)
+            self.autovacuum.start()
+
+    @abc.abstractmethod
+    def stop_simulators(self) -> None:
+        """Stop what the deployment talks to; each kind of deployment knows its own."""
+
+    def close(self) -> None:
+        """Stop `dagster dev` and everything it started, the simulators, and drop the scratch databases."""
+        if self.dagster is not None:
+            with contextlib.suppress(Exception):
+                self.dagster.stop()
+            self.dagster.close()
+        self.meter.close()
+        if self.instance is not None:
+            self.instance.dispose()
+        self.stop_simulators()
+        if self.autovacuum is not None:
+            self.autovacuum.stop()
+        for name in self.databases:
+            drop_scratch_database(name)
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def tail(self, lines: int = 25) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def cpu_seconds(self) -> float:
+        return self.meter.seconds()
+
+    def runs(self, since: float, until: float | None = None, *, failed: bool = False) -> int:
+        """Dagster runs created between two `time.time()` moments (failed ones only with `failed`)."""
+        assert self.instance is not None
+        before = None if until is None else datetime.fromtimestamp(until, UTC)
+        statuses = [dg.DagsterRunStatus.FAILURE] if failed else None
+        return self.instance.get_runs_count(dg.RunsFilter(
+            created_after=datetime.fromtimestamp(since, UTC), created_before=before, statuses=statuses))
+
+    def unfinished_runs(self) -> int:
+        assert self.instance is not None
+        return self.instance.get_runs_count(dg.RunsFilter(statuses=UNFINISHED))
+
+
+class Deployment(DagsterDeployment):
+    """One design: started by `start()`, measured through its methods, stopped and cleaned up by `close()`."""
 
     def __init__(self, setup: Setup, workdir: Path, baseline_tree: Path | None) -> None:
+        super().__init__(workdir / f"{setup.design}-{setup.storage}-{int(time.time())}",
+                         f"{setup.design}_{setup.storage}")
         self.setup, self.baseline_tree = setup, baseline_tree
-        self.folder = workdir / f"{setup.design}-{setup.storage}-{int(time.time())}"
-        self.home = self.folder / "dagster_home"
-        self.home.mkdir(parents=True)
-        self.log = self.folder / "dagster.log"
-        self.databases: list[str] = []
         self.sims: Simulators | None = None
-        self.dagster: DagsterProcess | None = None
         self.instance_url = ""
         self.store_url = f"sqlite:///{self.folder / 'store.sqlite'}"
-        self.meter: CpuMeter = cpu_meter(f"{setup.design}_{setup.storage}")
-        self.instance: dg.DagsterInstance | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         setup = self.setup
         if setup.storage == "postgres":
-            name, self.instance_url = create_scratch_database("bench_dagster")
-            self.databases.append(name)
+            self.instance_url = self.scratch_database("bench_dagster")
             instance_yaml = postgres_instance(self.instance_url)
             if setup.design != "floor":
-                name, self.store_url = create_scratch_database("bench_store")
-                self.databases.append(name)
+                self.store_url = self.scratch_database("bench_store")
         else:
             instance_yaml = SQLITE_INSTANCE if setup.storage == "sqlite" else queued_sqlite_instance()
         (self.home / "dagster.yaml").write_text(instance_yaml)
         root, env = self._environment()
-        self.dagster = DagsterProcess(root, env, self.log, ui_port=free_port(),
-                                      workspace=workspace_yaml(MODULES[setup.design], setup.design),
-                                      prefix=self.meter.prefix())
-        self.meter.attach(self.dagster.pid)
-        self.instance = dg.DagsterInstance.from_config(str(self.home))
+        self.launch(root, env, workspace_yaml(MODULES[setup.design], setup.design))
 
     def _environment(self) -> tuple[Path, dict[str, str]]:
         """The working directory and environment of `dagster dev`: the design's settings and nothing an
@@ -189,44 +256,11 @@ class Deployment:
         if not wanted <= jobs or jobs & unwanted:
             raise DeploymentError(f"{self.setup.design}: the code server loaded the wrong code (jobs {sorted(jobs)})")
 
-    def close(self) -> None:
-        """Stop `dagster dev` and everything it started, the simulators, and drop the scratch databases."""
-        if self.dagster is not None:
-            with contextlib.suppress(Exception):
-                self.dagster.stop()
-            self.dagster.close()
-        self.meter.close()
-        if self.instance is not None:
-            self.instance.dispose()
+    def stop_simulators(self) -> None:
         if self.sims is not None:
             self.sims.stop()
-        for name in self.databases:
-            drop_scratch_database(name)
-
-    def remove_files(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def tail(self, lines: int = 25) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     # -- measurements ---------------------------------------------------------------------------
-    def runs(self, since: float, until: float | None = None, *, failed: bool = False) -> int:
-        """Dagster runs created between two `time.time()` moments (failed ones only with `failed`)."""
-        assert self.instance is not None
-        before = None if until is None else datetime.fromtimestamp(until, UTC)
-        statuses = [dg.DagsterRunStatus.FAILURE] if failed else None
-        return self.instance.get_runs_count(dg.RunsFilter(
-            created_after=datetime.fromtimestamp(since, UTC), created_before=before, statuses=statuses))
-
-    def unfinished_runs(self) -> int:
-        assert self.instance is not None
-        return self.instance.get_runs_count(dg.RunsFilter(statuses=UNFINISHED))
-
-    def cpu_seconds(self) -> float:
-        return self.meter.seconds()
-
     def b1_requests(self) -> int:
         return 0 if self.sims is None else self.sims.sap.count_requests()
 
@@ -241,9 +275,8 @@ class Deployment:
         """SQLite: the data in the Dagster home folder's databases and the store file(s), and every other file
         there (compute logs); PostgreSQL: both databases' sizes."""
         if self.setup.storage == "postgres":
-            urls = [self.instance_url] + ([self.store_url] if self.setup.design != "floor" else [])
             total = 0
-            for url in urls:
+            for url in self.database_urls:
                 engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
                 with engine.connect() as conn:
                     total += int(conn.execute(sa.text("select pg_database_size(current_database())")).scalar_one())

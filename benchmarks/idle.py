@@ -3,7 +3,8 @@
 Measured over a window of `--idle-minutes` on a deployment that has settled (its first sync and the
 alerts of the seeded data are over): Dagster runs created (from the run storage), CPU seconds of the whole
 `dagster dev` process tree (cgroup), growth of its storage (the pages in use of its SQLite databases, WAL
-journals excluded: see `_deploy.SQLITE_JOURNALS`; or the PostgreSQL databases' sizes) and
+journals excluded: see `_deploy.SQLITE_JOURNALS`; or the PostgreSQL databases' sizes, their dead row
+versions reclaimed as autovacuum would: see `_autovacuum`) and
 requests the B1 simulator received. A window shorter than an hour is scaled to per hour (storage: per
 day); the table says how long it was. CPU above the floor subtracts the floor's CPU on the same storage,
 measured in the same run.
@@ -40,6 +41,7 @@ class IdleFigures:
     storage_bytes: int  # growth over the window (can be negative: SQLite and PostgreSQL reuse pages)
     b1_requests: int
     settled: str
+    stand_in_vacuums: int | None  # PostgreSQL with autovacuum off: tables vacuumed in its stead (`_autovacuum`)
 
     def per_hour(self, value: float) -> float:
         return value * 60 / self.minutes
@@ -49,6 +51,8 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     """Sleep through the window and take each figure before and after it from the deployment."""
     started, began = time.time(), time.monotonic()
     cpu, size, b1 = deployment.cpu_seconds(), deployment.storage_bytes(), deployment.b1_requests()
+    stand_in = deployment.autovacuum if deployment.autovacuum is not None and deployment.autovacuum.active else None
+    vacuums = 0 if stand_in is None else stand_in.vacuums
     log(f"idle window of {minutes:g} min")
     time.sleep(minutes * 60)
     if deployment.dagster is not None and not deployment.dagster.alive():
@@ -59,7 +63,8 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
         design=deployment.setup.design, storage=deployment.setup.storage, minutes=elapsed,
         runs=deployment.runs(started, ended), failed_runs=deployment.runs(started, ended, failed=True),
         cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=deployment.storage_bytes() - size,
-        b1_requests=deployment.b1_requests() - b1, settled=settled.how)
+        b1_requests=deployment.b1_requests() - b1, settled=settled.how,
+        stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums)
 
 
 def _row(figures: IdleFigures, floor: IdleFigures | None, baseline: IdleFigures | None) -> tuple[str, ...]:
@@ -93,6 +98,12 @@ def result(measured: list[IdleFigures]) -> BenchResult:
         "Each window began once the deployment had settled: "
         + "; ".join(f"{f.design}/{f.storage}: {f.settled}" for f in measured) + ".",
     ]
+    vacuumed = [f"{f.design}/{f.storage}: {f.stand_in_vacuums}" for f in measured if f.stand_in_vacuums is not None]
+    if vacuumed:
+        notes.append("PostgreSQL ran with autovacuum off (this machine's CI configuration); the benchmark "
+                     "vacuumed its scratch databases by autovacuum's default rule instead, as a production "
+                     "server does (`benchmarks/_autovacuum.py`). Tables vacuumed in the window: "
+                     + ", ".join(vacuumed) + ".")
     failed = [f"{f.design}/{f.storage}: {f.failed_runs}" for f in measured if f.failed_runs]
     if failed:
         notes.append("Runs that failed in the window: " + ", ".join(failed) + ".")
