@@ -39,10 +39,10 @@ from b1twilio_pipeline.notifications.self_monitoring_checks import build_self_mo
 from b1twilio_pipeline.notifications.twilio_resource import TwilioResource
 from b1twilio_pipeline.reporting.definitions import reporting_definitions
 
-# What declarative automation has to do waits for a cron or a backfill (a state refresh every 30 minutes,
-# reminders after midnight): a tick every two minutes is soon enough, and each tick costs the daemon an
-# evaluation of the whole asset graph, all day long.
-AUTOMATION_SECONDS = 120
+# What declarative automation has to do waits for a cron or a backfill (a state refresh every hour,
+# reminders after midnight): a tick every five minutes is soon enough, and each tick costs the daemon an
+# evaluation of the whole asset graph and a tick row in the instance's storage, all day long.
+AUTOMATION_SECONDS = 300
 
 
 def downstream_of(assets: Iterable[dg.AssetsDefinition], root: dg.AssetKey) -> set[dg.AssetKey]:

@@ -122,7 +122,7 @@ def write_env_file(paths: DemoPaths, env: dict[str, str]) -> None:
 
 def demo_environment(paths: DemoPaths, creds: Credentials, sims: Simulators) -> dict[str, str]:
     """The pipeline's settings for the demo: its rules and a SQLite store; the partitions begin at the
-    demo's first start, as in a new deployment. The ledger is checked every 30 s (production: 60 s), so
+    demo's first start, as in a new deployment. The ledger is checked every 30 s (production: 120 s), so
     the tour's escalation steps and acknowledgements show within its minute."""
     env = pipeline_environment(creds, sims, dagster_home=paths.dagster_home, rules=RULES_FILE,
                                database_url=f"sqlite:///{paths.store}", timezone=COMPANY_TIMEZONE,

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     defaults = DaemonOptions()
     parser.add_argument("--idle-minutes", type=float, default=defaults.idle_minutes,
                         help="idle window per design and storage, scaled to per hour (default 20)")
+    parser.add_argument("--floor-minutes", type=float, default=None,
+                        help="the floor's idle window, if shorter: it runs nothing on a clock, so a short "
+                             "window measures it as well (default: --idle-minutes)")
     parser.add_argument("--changes", type=int, default=defaults.changes,
                         help="B1 changes timed per design for the latency (default 10)")
     parser.add_argument("--bursts", type=_sizes, default=defaults.bursts,
@@ -85,7 +88,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[BenchRe
     steps = [(name, plan[name]) for name in chosen if name in IN_PROCESS]
     under_daemon = [name for name in chosen if name in daemon.NAMES]
     if under_daemon:
-        options = DaemonOptions(idle_minutes=args.idle_minutes, changes=args.changes, bursts=args.bursts,
+        options = DaemonOptions(idle_minutes=args.idle_minutes, floor_minutes=args.floor_minutes,
+                                changes=args.changes, bursts=args.bursts,
                                 designs=args.designs, storages=args.storages)
         steps.append((" + ".join(under_daemon), lambda: daemon.run(options, under_daemon)))
     if "companies" in chosen:
@@ -100,8 +104,10 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.invoices < 1 or args.changes < 1 or args.idle_minutes <= 0:
-        print("--invoices and --changes must be at least 1, --idle-minutes above 0", file=sys.stderr)
+    floor_minutes = args.idle_minutes if args.floor_minutes is None else args.floor_minutes
+    if args.invoices < 1 or args.changes < 1 or min(args.idle_minutes, floor_minutes) <= 0:
+        print("--invoices and --changes must be at least 1, --idle-minutes and --floor-minutes above 0",
+              file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     info = machine_info()

@@ -37,6 +37,7 @@ CLOSING_READ_GRACE_S = 90.0  # after the window ends: the change sensor's next t
 @dataclass(frozen=True)
 class DaemonOptions:
     idle_minutes: float = 20.0
+    floor_minutes: float | None = None  # the floor's window (None: `idle_minutes`); it launches nothing on a clock
     changes: int = 10
     bursts: tuple[int, ...] = (100, 1000)
     burst_timeout_s: float = 900.0

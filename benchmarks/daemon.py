@@ -67,7 +67,10 @@ def _measure(run: _Run, only: Collection[str]) -> None:
         log(f"{deployment.setup.design} on {deployment.setup.storage}: settled after {settled.seconds:.0f} s "
             f"({settled.how})")
         if "idle" in only:
-            run.idle_figures.append(idle.measure(deployment, options.idle_minutes, settled))
+            minutes = options.idle_minutes
+            if deployment.setup.design == "floor" and options.floor_minutes is not None:
+                minutes = options.floor_minutes
+            run.idle_figures.append(idle.measure(deployment, minutes, settled))
         if changes:
             run.latency_figures.append(latency.measure(deployment, options.changes, random.Random(options.seed)))
 

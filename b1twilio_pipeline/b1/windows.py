@@ -1,6 +1,6 @@
 """Cadence and windows: 15-minute windows in B1TWILIO_TIMEZONE (the still-open window is a partition
 too, `end_offset=1`, so a change is read the moment it is seen), B1 asked what changed every 30 seconds,
-open invoices and stock refreshed every 30 minutes; all configurable."""
+open invoices and stock refreshed every hour; all configurable."""
 
 from __future__ import annotations
 

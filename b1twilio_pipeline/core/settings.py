@@ -175,9 +175,9 @@ class Settings(BaseSettings):
     b1twilio_window_minutes: Annotated[int, _checked(_one_of(WINDOW_MINUTES))] = 15
     b1twilio_partitions_start: Annotated[str, _checked(_window_start_problem)] | None = Field(
         None, description="first window; default the window of the deployment's first start")
-    b1twilio_state_refresh_minutes: Annotated[int, _checked(_one_of(REFRESH_MINUTES))] = 30
+    b1twilio_state_refresh_minutes: Annotated[int, _checked(_one_of(REFRESH_MINUTES))] = 60
     b1twilio_change_check_seconds: Count = 30
-    b1twilio_notification_check_seconds: Count = 60
+    b1twilio_notification_check_seconds: Count = 120
     b1twilio_send_max_attempts: Count = 8
     b1twilio_send_retry_seconds: Count = 30
     b1twilio_send_lease_seconds: Count = 600
