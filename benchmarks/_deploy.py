@@ -110,7 +110,6 @@ class DagsterDeployment(abc.ABC):
         self.home = folder / "dagster_home"
         self.home.mkdir(parents=True)
         self.log = folder / "dagster.log"
-        self.databases: list[str] = []
         self.database_urls: list[str] = []
         self.dagster: DagsterProcess | None = None
         self.instance: dg.DagsterInstance | None = None
@@ -119,8 +118,7 @@ class DagsterDeployment(abc.ABC):
 
     def scratch_database(self, purpose: str) -> str:
         """A new PostgreSQL database of this deployment's, dropped by `close()`: its URL."""
-        name, url = create_scratch_database(purpose)
-        self.databases.append(name)
+        _, url = create_scratch_database(purpose)
         self.database_urls.append(url)
         return url
 
@@ -150,8 +148,8 @@ class DagsterDeployment(abc.ABC):
         self.stop_simulators()
         if self.autovacuum is not None:
             self.autovacuum.stop()
-        for name in self.databases:
-            drop_scratch_database(name)
+        for url in self.database_urls:
+            drop_scratch_database(str(sa.make_url(url).database))
 
     def remove_files(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -185,15 +183,13 @@ class Deployment(DagsterDeployment):
                          f"{setup.design}_{setup.storage}")
         self.setup, self.baseline_tree = setup, baseline_tree
         self.sims: Simulators | None = None
-        self.instance_url = ""
         self.store_url = f"sqlite:///{self.folder / 'store.sqlite'}"
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         setup = self.setup
         if setup.storage == "postgres":
-            self.instance_url = self.scratch_database("bench_dagster")
-            instance_yaml = postgres_instance(self.instance_url)
+            instance_yaml = postgres_instance(self.scratch_database("bench_dagster"))
             if setup.design != "floor":
                 self.store_url = self.scratch_database("bench_store")
         else:
