@@ -70,6 +70,7 @@ def test_daemon_benchmarks_measure_the_current_design_under_dagster_dev() -> Non
     assert idle_figures["minutes"] >= 0.5
     assert idle_figures["runs"] >= idle_figures["failed_runs"] == 0
     assert idle_figures["cpu_s"] > 0 and idle_figures["b1_requests"] >= 0
+    assert idle_figures["steps"] and idle_figures["steps"][-1][1] == idle_figures["storage_bytes"]
     (latency_figures,) = latency_result.facts["latency"]
     assert len(latency_figures["seconds"]) == 1 and latency_figures["missed"] == 0
     assert latency_figures["seconds"][0] > 0 and latency_figures["duplicates"] == 0

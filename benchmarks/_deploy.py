@@ -271,13 +271,25 @@ class Deployment(DagsterDeployment):
         """SQLite: the data in the Dagster home folder's databases and the store file(s), and every other file
         there (compute logs); PostgreSQL: both databases' sizes."""
         if self.setup.storage == "postgres":
-            total = 0
-            for url in self.database_urls:
-                engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-                with engine.connect() as conn:
-                    total += int(conn.execute(sa.text("select pg_database_size(current_database())")).scalar_one())
-                engine.dispose()
-            return total
+            return sum(int(size) for (size,) in self._each_database("select pg_database_size(current_database())"))
         files = [p for p in self.home.rglob("*") if p.is_file()]
         files += [p for p in self.folder.glob("store.sqlite*") if p.is_file()]
         return sum(_stored_bytes(p) for p in files if not p.name.endswith(SQLITE_JOURNALS))
+
+    def table_bytes(self) -> dict[str, int]:
+        """PostgreSQL: each table's size with its indexes and TOAST, by name (Dagster's and the store's do
+        not collide); SQLite: nothing (its tables share a file's pages)."""
+        sizes: dict[str, int] = {}
+        for name, size in self._each_database("select relname, pg_total_relation_size(relid) from pg_stat_user_tables"):
+            sizes[name] = sizes.get(name, 0) + int(size)
+        return sizes
+
+    def _each_database(self, query: str) -> list[sa.Row]:
+        """The rows `query` returns in each of the scratch PostgreSQL databases, one after the other."""
+        rows: list[sa.Row] = []
+        for url in self.database_urls:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with engine.connect() as conn:
+                rows += conn.execute(sa.text(query)).all()
+            engine.dispose()
+        return rows

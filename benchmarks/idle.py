@@ -8,6 +8,11 @@ versions reclaimed as autovacuum would: see `_autovacuum`) and
 requests the B1 simulator received. A window shorter than an hour is scaled to per hour (storage: per
 day); the table says how long it was. CPU above the floor subtracts the floor's CPU on the same storage,
 measured in the same run.
+
+Storage does not grow evenly: a table whose rows are rewritten grows until vacuum frees its dead row
+versions as fast as they appear, then holds that size; tick rows grow until their purge begins a day
+later. So the storage is also read every `STEP_MINUTES` (the notes give the growth step by step and, on
+PostgreSQL, the tables that grew most) to show which growth is once and which goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from benchmarks._targets import (
     b1_requests_target,
 )
 
+STEP_MINUTES = 10.0
+TABLES_NAMED = 8  # the tables that grew most, named in the notes
+
 HEADER = ("design", "storage", "runs/h", "CPU s/h", "CPU s/h above floor", "storage growth/day",
           "B1 requests/h")
 
@@ -42,6 +50,8 @@ class IdleFigures:
     b1_requests: int
     settled: str
     stand_in_vacuums: int | None  # PostgreSQL with autovacuum off: tables vacuumed in its stead (`_autovacuum`)
+    steps: tuple[tuple[float, int], ...]  # (minutes into the window, storage growth so far), every STEP_MINUTES
+    tables: dict[str, int]  # PostgreSQL: growth of each table that grew, with its indexes and TOAST
 
     def per_hour(self, value: float) -> float:
         return value * 60 / self.minutes
@@ -53,18 +63,24 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     cpu, size, b1 = deployment.cpu_seconds(), deployment.storage_bytes(), deployment.b1_requests()
     stand_in = deployment.autovacuum if deployment.autovacuum is not None and deployment.autovacuum.active else None
     vacuums = 0 if stand_in is None else stand_in.vacuums
+    tables = deployment.table_bytes()
     log(f"idle window of {minutes:g} min")
-    time.sleep(minutes * 60)
+    steps: list[tuple[float, int]] = []
+    while (left := minutes * 60 - (time.monotonic() - began)) > 0:
+        time.sleep(min(left, STEP_MINUTES * 60))
+        steps.append(((time.monotonic() - began) / 60, deployment.storage_bytes() - size))
     if deployment.dagster is not None and not deployment.dagster.alive():
         raise RuntimeError(f"dagster dev exited during the idle window:\n{deployment.tail()}")
     elapsed = (time.monotonic() - began) / 60
     ended = time.time()
+    grown = {name: end - tables.get(name, 0) for name, end in deployment.table_bytes().items()}
     return IdleFigures(
         design=deployment.setup.design, storage=deployment.setup.storage, minutes=elapsed,
         runs=deployment.runs(started, ended), failed_runs=deployment.runs(started, ended, failed=True),
-        cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=deployment.storage_bytes() - size,
+        cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=steps[-1][1] if steps else 0,
         b1_requests=deployment.b1_requests() - b1, settled=settled.how,
-        stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums)
+        stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums, steps=tuple(steps),
+        tables={name: growth for name, growth in grown.items() if growth > 0})
 
 
 def _row(figures: IdleFigures, floor: IdleFigures | None, baseline: IdleFigures | None) -> tuple[str, ...]:
@@ -80,6 +96,17 @@ def _row(figures: IdleFigures, floor: IdleFigures | None, baseline: IdleFigures 
     return (figures.design, STORAGE_LABEL[figures.storage],
             IDLE_RUNS_PER_HOUR.cell(runs_h, f"{runs_h:,.1f}"), f"{cpu_h:,.0f}", above,
             IDLE_STORAGE_PER_DAY[figures.storage].cell(per_day, f"{per_day / MB:,.2f} MB"), b1)
+
+
+def _growth_note(figures: IdleFigures) -> str:
+    """The storage growth step by step, and the tables that grew most."""
+    steps = ", ".join(f"{minute:.0f} min {growth / 1024:+,.0f} KB" for minute, growth in figures.steps)
+    note = f"{figures.design}/{figures.storage} storage growth since the window began: {steps}."
+    if figures.tables:
+        top = sorted(figures.tables.items(), key=lambda item: -item[1])[:TABLES_NAMED]
+        note += " Tables that grew most: " + ", ".join(f"`{name}` {grown / 1024:+,.0f} KB" for name, grown in top)
+        note += "."
+    return note
 
 
 def result(measured: list[IdleFigures]) -> BenchResult:
@@ -104,6 +131,7 @@ def result(measured: list[IdleFigures]) -> BenchResult:
                      "vacuumed its scratch databases by autovacuum's default rule instead, as a production "
                      "server does (`benchmarks/_autovacuum.py`). Tables vacuumed in the window: "
                      + ", ".join(vacuumed) + ".")
+    notes += [_growth_note(f) for f in measured if f.design != "floor" and f.steps]
     failed = [f"{f.design}/{f.storage}: {f.failed_runs}" for f in measured if f.failed_runs]
     if failed:
         notes.append("Runs that failed in the window: " + ", ".join(failed) + ".")
