@@ -96,13 +96,25 @@ def test_the_autovacuum_stand_in_vacuums_only_tables_over_autovacuums_threshold(
             for _ in range(6):  # 60 dead versions: over 50 + 20 % of 10 rows
                 conn.execute(sa.text("update churned set n = n + 1"))
             conn.execute(sa.text("update calm set n = n + 1"))  # 10 dead versions: under it
+            # A value too big for the page lives in the table's TOAST table: each rewrite leaves its old
+            # chunks dead there (3 a time, 60 in all), and only 20 row versions in the table itself.
+            conn.execute(sa.text("create table toasted (id int primary key, body text)"))
+            conn.execute(sa.text("insert into toasted values (1, '')"))
+            for _ in range(20):
+                conn.execute(sa.text("update toasted set body = (select string_agg(md5(random()::text), '') "
+                                     "from generate_series(1, 300))"))
             conn.execute(sa.text("select pg_stat_force_next_flush()"))
+            toast = conn.execute(sa.text("select 'pg_toast.' || relname from pg_stat_all_tables where relid = "
+                                         "(select reltoastrelid from pg_class where relname = 'toasted')")).scalar_one()
 
-        assert stand_in.vacuum_due() == 1
+        assert stand_in.vacuum_due() == 2
 
         with engine.connect() as conn:
+            vacuumed = dict(conn.execute(sa.text(
+                "select schemaname || '.' || relname, vacuum_count from pg_stat_all_tables")).all())
             dead = dict(conn.execute(sa.text("select relname, n_dead_tup from pg_stat_user_tables")).all())
-        assert dead == {"churned": 0, "calm": 10}
+        assert [vacuumed[name] for name in ("public.churned", toast, "public.calm", "public.toasted")] == [1, 1, 0, 0]
+        assert dead["churned"] == 0 and dead["calm"] == 10
     finally:
         stand_in.stop()
         engine.dispose()

@@ -8,6 +8,11 @@ an idle window measured on it would count that as storage growth. The stand-in a
 default rule instead, once a minute like its launcher (`autovacuum_naptime`): a table with more dead
 row versions than 50 + 20 % of its rows as last counted (`autovacuum_vacuum_threshold`,
 `autovacuum_vacuum_scale_factor`) is vacuumed. A server with autovacuum on is left to do it itself.
+
+Like autovacuum, it counts every table of the database on its own, a table's TOAST table (where a value
+of more than about 2 KB is kept, such as Dagster's declarative automation cursor) included: rewriting such
+a value leaves its old chunks dead there while the table itself, updated in place on its page, may have
+almost none, so judging the TOAST table by its table's count would leave it growing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ VACUUM_THRESHOLD = 50
 VACUUM_SCALE_FACTOR = 0.2
 DUE_TABLES = sa.text(
     "select quote_ident(s.schemaname) || '.' || quote_ident(s.relname) "
-    "from pg_stat_user_tables s join pg_class c on c.oid = s.relid "
+    "from pg_stat_all_tables s join pg_class c on c.oid = s.relid "
     "where s.n_dead_tup > :threshold + :scale * greatest(c.reltuples, 0)")  # reltuples -1: never counted
 
 
