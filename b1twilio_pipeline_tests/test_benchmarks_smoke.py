@@ -96,6 +96,11 @@ def test_the_autovacuum_stand_in_vacuums_only_tables_over_autovacuums_threshold(
             for _ in range(6):  # 60 dead versions: over 50 + 20 % of 10 rows
                 conn.execute(sa.text("update churned set n = n + 1"))
             conn.execute(sa.text("update calm set n = n + 1"))  # 10 dead versions: under it
+            # the same 10 on a table whose own settings say 5 are enough (as the operator's settings do)
+            conn.execute(sa.text("create table tuned (id int primary key, n int) "
+                                 "with (autovacuum_vacuum_threshold = 5, autovacuum_vacuum_scale_factor = 0)"))
+            conn.execute(sa.text("insert into tuned select i, 0 from generate_series(1, 10) i"))
+            conn.execute(sa.text("update tuned set n = n + 1"))
             # A value too big for the page lives in the table's TOAST table: each rewrite leaves its old
             # chunks dead there (3 a time, 60 in all), and only 20 row versions in the table itself.
             conn.execute(sa.text("create table toasted (id int primary key, body text)"))
@@ -107,14 +112,15 @@ def test_the_autovacuum_stand_in_vacuums_only_tables_over_autovacuums_threshold(
             toast = conn.execute(sa.text("select 'pg_toast.' || relname from pg_stat_all_tables where relid = "
                                          "(select reltoastrelid from pg_class where relname = 'toasted')")).scalar_one()
 
-        assert stand_in.vacuum_due() == 2
+        assert stand_in.vacuum_due() == 3
 
         with engine.connect() as conn:
             vacuumed = dict(conn.execute(sa.text(
                 "select schemaname || '.' || relname, vacuum_count from pg_stat_all_tables")).all())
             dead = dict(conn.execute(sa.text("select relname, n_dead_tup from pg_stat_user_tables")).all())
-        assert [vacuumed[name] for name in ("public.churned", toast, "public.calm", "public.toasted")] == [1, 1, 0, 0]
-        assert dead["churned"] == 0 and dead["calm"] == 10
+        assert [vacuumed[name] for name in ("public.churned", toast, "public.tuned", "public.calm", "public.toasted")
+                ] == [1, 1, 1, 0, 0]
+        assert dead["churned"] == dead["tuned"] == 0 and dead["calm"] == 10
     finally:
         stand_in.stop()
         engine.dispose()

@@ -1,7 +1,8 @@
 """The production instance configuration (top-level dagster.yaml) loads, stores runs in PostgreSQL, and its
-run queue limits each company on its own."""
+run queue limits each company on its own; the operator's autovacuum settings apply to its tables."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,38 @@ from b1twilio_pipeline_tests.fixtures_pipeline import POSTGRES, create_database,
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.postgres
+
+
+def test_the_autovacuum_settings_apply_to_the_instance_tables_as_the_readme_runs_them(postgres: sa.Engine) -> None:
+    name, url = create_database(postgres, "tuned_instance")
+    settings = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
+    try:
+        with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}):
+            for _ in range(2):  # again after `dagster instance migrate`: harmless to repeat
+                subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(settings)], check=True)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            options = dict(conn.execute(sa.text(
+                "select c.relname, coalesce(c.reloptions, '{}') || coalesce(t.reloptions, '{}') from pg_class c "
+                "left join pg_class t on t.oid = c.reltoastrelid where c.relname in ('jobs', 'instigators', "
+                "'job_ticks', 'runs')")).all())
+        engine.dispose()
+        state = ["autovacuum_vacuum_threshold=5", "autovacuum_vacuum_scale_factor=0"] * 2  # the table, its TOAST
+        assert options == {"jobs": state, "instigators": state, "runs": [],
+                           "job_ticks": ["autovacuum_vacuum_threshold=200", "autovacuum_vacuum_scale_factor=0"]}
+    finally:
+        drop_database(postgres, name)
+
+
+def test_the_autovacuum_settings_say_what_is_wrong_on_a_database_without_the_instance(postgres: sa.Engine) -> None:
+    name, url = create_database(postgres, "not_an_instance")
+    settings = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
+    try:
+        ran = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(settings)],
+                             capture_output=True, text=True)
+        assert ran.returncode != 0 and 'relation "jobs" does not exist' in ran.stderr
+    finally:
+        drop_database(postgres, name)
 
 
 def test_production_dagster_yaml_runs_on_postgres(postgres: sa.Engine, tmp_path: Path,

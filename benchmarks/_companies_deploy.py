@@ -20,7 +20,6 @@ from b1twilio_sim.deployment import (
     HOST,
     LOCATIONS_QUERY,
     child_environment,
-    postgres_instance,
     supplier_invoice_rules,
 )
 from b1twilio_sim.sap_b1 import SapB1Simulator
@@ -50,9 +49,9 @@ class CompaniesDeployment(DagsterDeployment):
         self.twilio: TwilioSimulator | None = None
 
     def start(self) -> None:
-        instance_url = self.scratch_database("bench_companies_dagster")
+        instance_yaml = self.instance_database("bench_companies_dagster")
         store_url = self.scratch_database("bench_companies_store")
-        (self.home / "dagster.yaml").write_text(postgres_instance(instance_url))
+        (self.home / "dagster.yaml").write_text(instance_yaml)
         for index in range(self.count):
             self.sap[company_id(index)] = SapB1Simulator(
                 HOST, 0, company_db=f"SBO{index + 1:02d}", username="manager", password=f"pw-{index}",

@@ -40,7 +40,7 @@ from b1twilio_sim.deployment import (
     start_simulators,
     workspace_yaml,
 )
-from benchmarks._autovacuum import AutovacuumStandIn
+from benchmarks._autovacuum import AutovacuumStandIn, apply_instance_settings
 from benchmarks._common import REPO_ROOT
 from benchmarks._cpu import CpuMeter, cpu_meter
 
@@ -111,6 +111,7 @@ class DagsterDeployment(abc.ABC):
         self.home.mkdir(parents=True)
         self.log = folder / "dagster.log"
         self.database_urls: list[str] = []
+        self.instance_url: str | None = None  # the instance's PostgreSQL database, if it has one
         self.dagster: DagsterProcess | None = None
         self.instance: dg.DagsterInstance | None = None
         self.meter: CpuMeter = cpu_meter(meter_name)
@@ -122,12 +123,20 @@ class DagsterDeployment(abc.ABC):
         self.database_urls.append(url)
         return url
 
+    def instance_database(self, purpose: str) -> str:
+        """A scratch database for the Dagster instance: the instance's `dagster.yaml`. `launch` gives its
+        tables the operator's autovacuum settings once they exist."""
+        self.instance_url = self.scratch_database(purpose)
+        return postgres_instance(self.instance_url)
+
     def launch(self, cwd: Path, env: dict[str, str], workspace: str) -> None:
         """Start `dagster dev` on the Dagster home's `dagster.yaml` and begin metering it."""
         self.dagster = DagsterProcess(cwd, env, self.log, ui_port=free_port(), workspace=workspace,
                                       prefix=self.meter.prefix())
         self.meter.attach(self.dagster.pid)
-        self.instance = dg.DagsterInstance.from_config(str(self.home))
+        self.instance = dg.DagsterInstance.from_config(str(self.home))  # creates its tables if missing
+        if self.instance_url is not None:
+            apply_instance_settings(self.instance_url)
         if self.database_urls:
             self.autovacuum = AutovacuumStandIn(self.database_urls)
             self.autovacuum.start()
@@ -189,7 +198,7 @@ class Deployment(DagsterDeployment):
     def start(self) -> None:
         setup = self.setup
         if setup.storage == "postgres":
-            instance_yaml = postgres_instance(self.scratch_database("bench_dagster"))
+            instance_yaml = self.instance_database("bench_dagster")
             if setup.design != "floor":
                 self.store_url = self.scratch_database("bench_store")
         else:
