@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from b1twilio_pipeline_tests.fixtures_pipeline import create_database, drop_database
 from benchmarks import daemon, incremental_poll, initial_sync
 from benchmarks.__main__ import main
-from benchmarks._autovacuum import AutovacuumStandIn
+from benchmarks._autovacuum import AutovacuumStandIn, apply_instance_settings
 from benchmarks._session import DaemonOptions
 
 
@@ -124,4 +125,19 @@ def test_the_autovacuum_stand_in_vacuums_only_tables_over_autovacuums_threshold(
     finally:
         stand_in.stop()
         engine.dispose()
+        drop_database(postgres, name)
+
+
+@pytest.mark.postgres
+def test_a_benchmark_instance_gets_the_operators_autovacuum_settings(postgres: sa.Engine) -> None:
+    name, url = create_database(postgres, "bench_instance")
+    try:
+        with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}):
+            apply_instance_settings(url)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            options = conn.execute(sa.text("select reloptions from pg_class where relname = 'jobs'")).scalar_one()
+        engine.dispose()
+        assert options == ["autovacuum_vacuum_threshold=5", "autovacuum_vacuum_scale_factor=0"]
+    finally:
         drop_database(postgres, name)

@@ -48,9 +48,14 @@ def apply_instance_settings(url: str) -> None:
     """The operator's step for a Dagster instance on PostgreSQL (README, Production): autovacuum settings
     for its hottest tables, which must exist by then."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(INSTANCE_SETTINGS.read_text())
-    engine.dispose()
+    connection = engine.raw_connection()  # the file as psql runs it: no parameters (its comments hold a %)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(INSTANCE_SETTINGS.read_text())
+        connection.commit()
+    finally:
+        connection.close()
+        engine.dispose()
 
 
 class AutovacuumStandIn:
