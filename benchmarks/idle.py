@@ -128,8 +128,10 @@ def result(measured: list[IdleFigures]) -> BenchResult:
     vacuumed = [f"{f.design}/{f.storage}: {f.stand_in_vacuums}" for f in measured if f.stand_in_vacuums is not None]
     if vacuumed:
         notes.append("PostgreSQL ran with autovacuum off (this machine's CI configuration); the benchmark "
-                     "vacuumed its scratch databases by autovacuum's default rule instead, as a production "
-                     "server does (`benchmarks/_autovacuum.py`). Tables vacuumed in the window: "
+                     "vacuumed its scratch databases by autovacuum's rule instead, as a production server "
+                     "does (`benchmarks/_autovacuum.py`), with the autovacuum settings an operator gives the "
+                     "instance's hottest tables (`b1twilio_pipeline/housekeeping/instance_autovacuum.sql`). "
+                     "Tables vacuumed in the window (TOAST tables counted on their own): "
                      + ", ".join(vacuumed) + ".")
     notes += [_growth_note(f) for f in measured if f.design != "floor" and f.steps]
     failed = [f"{f.design}/{f.storage}: {f.failed_runs}" for f in measured if f.failed_runs]
