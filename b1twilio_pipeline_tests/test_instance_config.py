@@ -15,17 +15,23 @@ from b1twilio_pipeline.core.company_scope import COMPANY
 from b1twilio_pipeline_tests.fixtures_pipeline import POSTGRES, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
+AUTOVACUUM_SETTINGS = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
 
 pytestmark = pytest.mark.postgres
 
 
+def _psql_settings(url: str) -> subprocess.CompletedProcess[str]:
+    """The README's step: the settings file run by psql, stopping at the first error."""
+    return subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(AUTOVACUUM_SETTINGS)],
+                          capture_output=True, text=True)
+
+
 def test_the_autovacuum_settings_apply_to_the_instance_tables_as_the_readme_runs_them(postgres: sa.Engine) -> None:
     name, url = create_database(postgres, "tuned_instance")
-    settings = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
     try:
         with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}):
             for _ in range(2):  # again after `dagster instance migrate`: harmless to repeat
-                subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(settings)], check=True)
+                assert _psql_settings(url).returncode == 0
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
             options = dict(conn.execute(sa.text(
@@ -42,10 +48,8 @@ def test_the_autovacuum_settings_apply_to_the_instance_tables_as_the_readme_runs
 
 def test_the_autovacuum_settings_say_what_is_wrong_on_a_database_without_the_instance(postgres: sa.Engine) -> None:
     name, url = create_database(postgres, "not_an_instance")
-    settings = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
     try:
-        ran = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(settings)],
-                             capture_output=True, text=True)
+        ran = _psql_settings(url)
         assert ran.returncode != 0 and 'relation "jobs" does not exist' in ran.stderr
     finally:
         drop_database(postgres, name)

@@ -9,9 +9,9 @@
 -- default waits for 50 dead versions plus 20 % of the table. On these four-row tables most rewrites are
 -- tidied up in place and go uncounted, so the count reaches 50 only after an hour or two, while each
 -- rewrite that does not fit its page takes a new one: idle, they grew by over half a megabyte an hour
--- until their first vacuum (benchmarks/results.md). With
--- these settings they are vacuumed after a few dead versions (a vacuum of a few pages takes milliseconds)
--- and stay a few pages big; `job_ticks`, which holds a day of ticks, every 200.
+-- until their first vacuum (benchmarks/results.md). With these settings they are vacuumed after a few
+-- dead versions (a vacuum of a few pages takes milliseconds) and stay a few pages big; `job_ticks`, which
+-- holds a day of ticks, after 200.
 -- The automation sensor's state is over 2 KB, kept in the TOAST table: `toast.` settings cover it.
 
 ALTER TABLE jobs SET (
