@@ -65,7 +65,7 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     vacuums = 0 if stand_in is None else stand_in.vacuums
     tables = deployment.table_bytes()
     log(f"idle window of {minutes:g} min")
-    steps: list[tuple[float, int]] = []
+    steps: list[tuple[float, int]] = []  # at least one: the window is longer than 0 (checked by __main__)
     while (left := minutes * 60 - (time.monotonic() - began)) > 0:
         time.sleep(min(left, STEP_MINUTES * 60))
         steps.append(((time.monotonic() - began) / 60, deployment.storage_bytes() - size))
@@ -77,7 +77,7 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     return IdleFigures(
         design=deployment.setup.design, storage=deployment.setup.storage, minutes=elapsed,
         runs=deployment.runs(started, ended), failed_runs=deployment.runs(started, ended, failed=True),
-        cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=steps[-1][1] if steps else 0,
+        cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=steps[-1][1],
         b1_requests=deployment.b1_requests() - b1, settled=settled.how,
         stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums, steps=tuple(steps),
         tables={name: growth for name, growth in grown.items() if growth > 0})
@@ -133,7 +133,7 @@ def result(measured: list[IdleFigures]) -> BenchResult:
                      "instance's hottest tables (`b1twilio_pipeline/housekeeping/instance_autovacuum.sql`). "
                      "Tables vacuumed in the window (TOAST tables counted on their own): "
                      + ", ".join(vacuumed) + ".")
-    notes += [_growth_note(f) for f in measured if f.design != "floor" and f.steps]
+    notes += [_growth_note(f) for f in measured if f.design != "floor"]
     failed = [f"{f.design}/{f.storage}: {f.failed_runs}" for f in measured if f.failed_runs]
     if failed:
         notes.append("Runs that failed in the window: " + ", ".join(failed) + ".")
