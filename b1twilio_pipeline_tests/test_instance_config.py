@@ -41,7 +41,7 @@ def test_the_autovacuum_settings_apply_to_the_instance_tables_as_the_readme_runs
         engine.dispose()
         state = ["autovacuum_vacuum_threshold=5", "autovacuum_vacuum_scale_factor=0"] * 2  # the table, its TOAST
         assert options == {"jobs": state, "instigators": state, "runs": [],
-                           "job_ticks": ["autovacuum_vacuum_threshold=200", "autovacuum_vacuum_scale_factor=0"]}
+                           "job_ticks": ["autovacuum_vacuum_threshold=50", "autovacuum_vacuum_scale_factor=0"]}
     finally:
         drop_database(postgres, name)
 

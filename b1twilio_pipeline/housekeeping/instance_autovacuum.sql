@@ -10,8 +10,9 @@
 -- tidied up in place and go uncounted, so the count reaches 50 only after an hour or two, while each
 -- rewrite that does not fit its page takes a new one: idle, they grew by over half a megabyte an hour
 -- until their first vacuum (benchmarks/results.md). With these settings they are vacuumed after a few
--- dead versions (a vacuum of a few pages takes milliseconds) and stay a few pages big; `job_ticks`, which
--- holds a day of ticks, after 200.
+-- dead versions (a vacuum of a few pages takes milliseconds) and stay a few pages big. `job_ticks`, which
+-- holds a day of ticks, after 50: each tick row is written twice, so at 200 a quarter-megabyte of dead
+-- rows and index entries waited for each vacuum.
 -- The automation sensor's state is over 2 KB, kept in the TOAST table: `toast.` settings cover it.
 
 ALTER TABLE jobs SET (
@@ -22,4 +23,4 @@ ALTER TABLE instigators SET (
     autovacuum_vacuum_threshold = 5, autovacuum_vacuum_scale_factor = 0,
     toast.autovacuum_vacuum_threshold = 5, toast.autovacuum_vacuum_scale_factor = 0);
 
-ALTER TABLE job_ticks SET (autovacuum_vacuum_threshold = 200, autovacuum_vacuum_scale_factor = 0);
+ALTER TABLE job_ticks SET (autovacuum_vacuum_threshold = 50, autovacuum_vacuum_scale_factor = 0);
