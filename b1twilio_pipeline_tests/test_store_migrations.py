@@ -88,13 +88,3 @@ def test_db_upgrade_command_says_what_it_did(tmp_path: Path) -> None:
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert first.returncode == 0 and f"upgraded from revision none to {head_revision()}" in first.stdout
     assert again.returncode == 0 and f"already at revision {head_revision()}" in again.stdout
-
-
-@pytest.mark.postgres
-def test_a_postgres_store_vacuums_its_heartbeat_table_after_a_few_dead_rows(empty_pg: str) -> None:
-    """The heartbeat row is rewritten on every change check: autovacuum's default rule would let the table
-    grow for hours before its first vacuum."""
-    engine = engine_for(empty_pg)
-    with engine.connect() as conn:
-        options = conn.scalar(sa.text("SELECT reloptions FROM pg_class WHERE oid = 'b1tw_milestones'::regclass"))
-    assert options == ["autovacuum_vacuum_threshold=5", "autovacuum_vacuum_scale_factor=0"]

@@ -44,6 +44,7 @@ class IdleFigures:
     storage: str
     minutes: float  # how long the window really was
     runs: int
+    run_labels: tuple[str, ...]  # each run of the window: created at (UTC), job, kind
     failed_runs: int
     cpu_s: float
     storage_bytes: int  # growth over the window (can be negative: SQLite and PostgreSQL reuse pages)
@@ -76,7 +77,8 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     grown = {name: end - tables.get(name, 0) for name, end in deployment.table_bytes().items()}
     return IdleFigures(
         design=deployment.setup.design, storage=deployment.setup.storage, minutes=elapsed,
-        runs=deployment.runs(started, ended), failed_runs=deployment.runs(started, ended, failed=True),
+        runs=deployment.runs(started, ended), run_labels=tuple(deployment.run_labels(started, ended)),
+        failed_runs=deployment.runs(started, ended, failed=True),
         cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=steps[-1][1],
         b1_requests=deployment.b1_requests() - b1, settled=settled.how,
         stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums, steps=tuple(steps),
@@ -134,6 +136,8 @@ def result(measured: list[IdleFigures]) -> BenchResult:
                      "Tables vacuumed in the window (TOAST tables counted on their own): "
                      + ", ".join(vacuumed) + ".")
     notes += [_growth_note(f) for f in measured if f.design != "floor"]
+    notes += [f"{f.design}/{f.storage} runs in the window: " + ", ".join(f.run_labels) + "."
+              for f in measured if f.run_labels]
     failed = [f"{f.design}/{f.storage}: {f.failed_runs}" for f in measured if f.failed_runs]
     if failed:
         notes.append("Runs that failed in the window: " + ", ".join(failed) + ".")

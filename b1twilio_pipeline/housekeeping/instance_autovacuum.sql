@@ -11,8 +11,8 @@
 -- rewrite that does not fit its page takes a new one: idle, they grew by over half a megabyte an hour
 -- until their first vacuum (benchmarks/results.md). With these settings they are vacuumed after a few
 -- dead versions (a vacuum of a few pages takes milliseconds) and stay a few pages big. `job_ticks`, which
--- holds a day of ticks, after 50: each tick row is written twice, so at 200 a quarter-megabyte of dead
--- rows and index entries waited for each vacuum.
+-- holds a day of ticks, after 50: each tick row is written twice (started, then skipped), and a dead
+-- version with its five index entries is over a kilobyte.
 -- The automation sensor's state is over 2 KB, kept in the TOAST table: `toast.` settings cover it.
 
 ALTER TABLE jobs SET (
