@@ -25,6 +25,7 @@ import httpx
 import sqlalchemy as sa
 import yaml
 
+from b1twilio_pipeline.core.automation import KIND
 from b1twilio_sim.deployment import (
     PRODUCTION_INSTANCE,
     SQLITE_INSTANCE,
@@ -181,12 +182,12 @@ class DagsterDeployment(abc.ABC):
 
     def run_labels(self, since: float, until: float) -> list[str]:
         """What each run created between two `time.time()` moments was: its creation time (UTC), job and
-        `b1twilio/kind` tag, oldest first, so a window's run count can be read run by run."""
+        kind tag, oldest first, so a window's run count can be read run by run."""
         assert self.instance is not None
         records = self.instance.get_run_records(dg.RunsFilter(
             created_after=datetime.fromtimestamp(since, UTC), created_before=datetime.fromtimestamp(until, UTC)))
         return [f"{record.create_timestamp:%H:%M} {record.dagster_run.job_name}"
-                f" ({record.dagster_run.tags.get('b1twilio/kind', '-')})"
+                f" ({record.dagster_run.tags.get(KIND, '-')})"
                 for record in sorted(records, key=lambda record: record.create_timestamp)]
 
     def unfinished_runs(self) -> int:

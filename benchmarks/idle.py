@@ -75,10 +75,10 @@ def measure(deployment: Deployment, minutes: float, settled: Settled) -> IdleFig
     elapsed = (time.monotonic() - began) / 60
     ended = time.time()
     grown = {name: end - tables.get(name, 0) for name, end in deployment.table_bytes().items()}
+    run_labels = tuple(deployment.run_labels(started, ended))
     return IdleFigures(
         design=deployment.setup.design, storage=deployment.setup.storage, minutes=elapsed,
-        runs=deployment.runs(started, ended), run_labels=tuple(deployment.run_labels(started, ended)),
-        failed_runs=deployment.runs(started, ended, failed=True),
+        runs=len(run_labels), run_labels=run_labels, failed_runs=deployment.runs(started, ended, failed=True),
         cpu_s=deployment.cpu_seconds() - cpu, storage_bytes=steps[-1][1],
         b1_requests=deployment.b1_requests() - b1, settled=settled.how,
         stand_in_vacuums=None if stand_in is None else stand_in.vacuums - vacuums, steps=tuple(steps),
