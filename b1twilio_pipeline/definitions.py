@@ -24,10 +24,9 @@ from b1twilio_pipeline.b1.first_start import first_start
 from b1twilio_pipeline.b1.resource import SapB1Resource
 from b1twilio_pipeline.b1.sensors import CHANGE_JOB
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP
-from b1twilio_pipeline.b1.state import STATE_GROUP
 from b1twilio_pipeline.b1.windows import PollingSettings
 from b1twilio_pipeline.core import settings
-from b1twilio_pipeline.core.automation import KIND, RUNNING
+from b1twilio_pipeline.core.automation import KIND, RUNNING, STATE_GROUP
 from b1twilio_pipeline.core.companies import companies_path
 from b1twilio_pipeline.core.company_scope import company_tags, served_company
 from b1twilio_pipeline.core.database_resource import DatabaseResource
@@ -85,8 +84,9 @@ def build_definitions(rules_path: str | None = None,
             "automation_condition_sensor", target=dg.AssetSelection.groups(STATE_GROUP, ALERTS_GROUP),
             default_status=RUNNING, minimum_interval_seconds=max(AUTOMATION_SECONDS, polling.change_check_seconds),
             run_tags={KIND: "refresh", **company_tags()},
-            description="Refreshes the open-invoice and stock state on its cron, re-evaluates overdue reminders "
-                        "after midnight, and evaluates alerts whose inputs a backfill updated.")],
+            description="Refreshes the open-invoice and stock state on its cron, evaluates the alerts that read "
+                        "it when a refresh found it changed, re-evaluates overdue reminders after midnight, and "
+                        "evaluates alerts whose inputs a backfill updated.")],
         # Steps are small and wait on HTTP: one process per run, not per step (a fresh Python per step
         # costs seconds of CPU each). Scale-out comes from the run launcher, not the executor.
         assets=[service_layer],

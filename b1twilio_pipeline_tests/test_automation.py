@@ -97,9 +97,14 @@ def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
     pipeline.evaluate()  # what that run does
     idle, cursor = requested(cursor)
     assert idle == set()
-    pipeline.refresh_state()  # a refresh launched by hand: what depends on it follows
+    pipeline.refresh_state()  # a refresh that found the state as it was: nothing to evaluate again
+    unchanged, cursor = requested(cursor)
+    assert unchanged == set()
+    pipeline.sap.add_document("Items", {"ItemCode": "B200", "ItemWarehouseInfoCollection": [
+        {"WarehouseCode": "01", "InStock": 2, "MinimalStock": 20}]})
+    pipeline.refresh_state()  # a refresh that found stock changed: what reads stock follows, nothing else
     after_refresh, cursor = requested(cursor)
-    assert after_refresh == followers
+    assert after_refresh == {"stock_alerts", "notification_plan"}
     pipeline.evaluate()
     idle, cursor = requested(cursor)
     assert idle == set()

@@ -9,10 +9,10 @@ import dagster as dg
 from b1twilio_pipeline.b1.entities import ENTITIES, EntitySpec
 from b1twilio_pipeline.b1.sensors import build_change_sensor
 from b1twilio_pipeline.b1.snapshots import SNAPSHOT_GROUP, build_snapshot_asset
-from b1twilio_pipeline.b1.state import STATE_GROUP, build_state_assets
+from b1twilio_pipeline.b1.state import build_state_assets
 from b1twilio_pipeline.b1.webhook_sensor import build_webhook_sensor
 from b1twilio_pipeline.b1.windows import PollingSettings
-from b1twilio_pipeline.core.automation import KIND, refresh_condition, with_condition
+from b1twilio_pipeline.core.automation import KIND, STATE_GROUP, refresh_condition, with_condition
 from b1twilio_pipeline.core.company_scope import company_tags
 from b1twilio_pipeline.core.settings import current
 

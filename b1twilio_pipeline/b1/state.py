@@ -1,9 +1,13 @@
 """State refresh: every open sales invoice and every stocked item, read whole on a cron. Overdue and stock
 rules are about state, not change: they must see records last changed long before the pipeline was
 deployed, an invoice becomes overdue with no change in B1, and stock moves do not always touch an item's
-UpdateDate."""
+UpdateDate.
 
-from collections.abc import Iterator
+Each refresh reports a data version, the fingerprint of the state as it read it: the evaluations that read
+the state follow a refresh only when the version changed (`core.automation.follow_condition`)."""
+
+import hashlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -13,14 +17,35 @@ from b1twilio_pipeline.b1.client import SapB1Session
 from b1twilio_pipeline.b1.entities import EntitySpec
 from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
-from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore, content_hash
 from b1twilio_pipeline.b1.snapshots import counting, snapshot_metadata
+from b1twilio_pipeline.core.automation import STATE_GROUP
 from b1twilio_pipeline.core.company_scope import asset_key
 from b1twilio_pipeline.core.database_resource import DatabaseResource
 
 OPEN_INVOICES_KEY = asset_key("b1", "open_invoices_state")
 STOCK_LEVELS_KEY = asset_key("b1", "stock_levels_state")
-STATE_GROUP = "b1_state"
+
+
+class Fingerprint:
+    """One hash of every record a refresh read (B1 returns them ordered by key) and every key it found gone:
+    the same state read twice gives the same data version."""
+
+    def __init__(self, key_field: str) -> None:
+        self._key_field = key_field
+        self._hash = hashlib.sha256()
+
+    def screen(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for row in rows:
+            self._hash.update(f"{row[self._key_field]}:{content_hash(row)}\n".encode())
+            yield row
+
+    def gone(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._hash.update(f"{key}:gone\n".encode())
+
+    def version(self) -> dg.DataVersion:
+        return dg.DataVersion(self._hash.hexdigest())
 
 
 def _refetch_closed(session: SapB1Session, keys: list[str], select: tuple[str, ...],
@@ -57,10 +82,12 @@ def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.Asset
         known_open = snapshots.open_keys(invoices.entity)
         seen: set[str] = set()
         quarantine = b1_records.Quarantine(invoices.key)
+        fingerprint = Fingerprint(invoices.key)
 
         def rows() -> Iterator[dict[str, Any]]:
-            for row in quarantine.screen(session.get_all(invoices.entity, filter="DocumentStatus eq 'bost_Open'",
-                                                         select=invoices.select, orderby=invoices.key)):
+            for row in fingerprint.screen(quarantine.screen(session.get_all(
+                    invoices.entity, filter="DocumentStatus eq 'bost_Open'", select=invoices.select,
+                    orderby=invoices.key))):
                 seen.add(str(row[invoices.key]))
                 yield row
 
@@ -69,12 +96,13 @@ def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.Asset
         vanished: list[str] = []
         closed, closed_requests = counting(session, lambda: snapshots.upsert(
             invoices.entity, invoices.key,
-            quarantine.screen(_refetch_closed(session, gone, invoices.select, vanished))))
+            fingerprint.screen(quarantine.screen(_refetch_closed(session, gone, invoices.select, vanished)))))
         snapshots.close_vanished(invoices.entity, vanished)
+        fingerprint.gone(vanished)
         return dg.MaterializeResult(metadata=snapshot_metadata(
             counts, requests + closed_requests, open_invoices=len(seen),
             closed_since_last_refresh=closed.updated, vanished_from_b1=len(vanished), **quarantine.metadata()),
-            check_results=[quarantine.check_result()])
+            check_results=[quarantine.check_result()], data_version=fingerprint.version())
 
     @dg.asset(
         key=STOCK_LEVELS_KEY,
@@ -88,10 +116,11 @@ def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.Asset
                            database: DatabaseResource) -> dg.MaterializeResult:
         session = sap.session()
         quarantine = b1_records.Quarantine(items.key)
+        fingerprint = Fingerprint(items.key)
         counts, requests = counting(session, lambda: SnapshotStore(database.engine).upsert(
-            items.entity, items.key, quarantine.screen(session.get_all(
-                items.entity, filter="InventoryItem eq 'tYES'", select=items.select, orderby=items.key))))
+            items.entity, items.key, fingerprint.screen(quarantine.screen(session.get_all(
+                items.entity, filter="InventoryItem eq 'tYES'", select=items.select, orderby=items.key)))))
         return dg.MaterializeResult(metadata=snapshot_metadata(counts, requests, **quarantine.metadata()),
-                                    check_results=[quarantine.check_result()])
+                                    check_results=[quarantine.check_result()], data_version=fingerprint.version())
 
     return [open_invoices_state, stock_levels_state]

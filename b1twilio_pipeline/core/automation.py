@@ -3,7 +3,8 @@ automation conditions the stages use.
 
 Work is launched for change, never for time alone: a sensor asks B1 what changed and requests runs only for
 that; declarative automation moves work from asset to asset (a state refresh on its cron, the evaluations
-that follow an input updated outside a run that already evaluated them, overdue reminders after midnight).
+that follow an input updated outside a run that already evaluated them or a refresh that found the state
+changed, overdue reminders after midnight).
 """
 
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,9 @@ UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Da
 STALE_RUN = timedelta(minutes=10)
 # When an overdue invoice becomes one more day overdue: reminders are evaluated once after midnight.
 CALENDAR_CRON = "5 0 * * *"
+# The assets read whole on a cron (`b1.state`). Each reports a data version, the fingerprint of what it read,
+# so what reads them is evaluated again only when the state changed: most refreshes find it as it was.
+STATE_GROUP = "b1_state"
 
 
 def runs_in_flight(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None,
@@ -42,13 +46,18 @@ def refresh_condition(cron: str, timezone: str) -> dg.AutomationCondition:
 
 
 def follow_condition(calendar_timezone: str | None = None) -> dg.AutomationCondition:
-    """An evaluation: when an input was updated by a run that did not evaluate it already (with a calendar
-    time zone: also after midnight there), and in the same run as an input about to be refreshed. Updates
-    without a run (the change sensor's record of a window with no change) trigger nothing."""
-    trigger = AC.any_deps_match(AC.any_new_update_has_run_tags())
+    """An evaluation: when an input was updated by a run that did not evaluate it already, or a refresh
+    found the state it reads changed (with a calendar time zone: also after midnight there); and in the same
+    run as an input about to be updated, or about to be read for the first time. Updates without a run (the
+    change sensor's record of a window with no change) and refreshes that found nothing new trigger nothing.
+    """
+    state = dg.AssetSelection.groups(STATE_GROUP)
+    trigger = (AC.any_deps_match(AC.any_new_update_has_run_tags()).ignore(state)
+               | AC.any_deps_match(AC.data_version_changed()).allow(state))
     if calendar_timezone is not None:
         trigger = trigger | AC.cron_tick_passed(CALENDAR_CRON, calendar_timezone)
-    with_inputs = AC.any_deps_match(AC.will_be_requested())
+    with_inputs = (AC.any_deps_match(AC.will_be_requested()).ignore(state)
+                   | AC.any_deps_match(AC.will_be_requested() & AC.missing()).allow(state))
     return (trigger.since_last_handled() | with_inputs) & ~AC.any_deps_in_progress() & ~AC.in_progress()
 
 
