@@ -119,6 +119,32 @@ def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
     assert "purchase_invoice_alerts" in after_backfill and "notification_plan" in after_backfill
 
 
+@pytest.mark.postgres
+def test_an_hourly_refresh_that_finds_nothing_new_changes_no_evaluation_but_its_own(
+        pipeline_factory: PipelineFactory, fresh_pg_instance: dg.DagsterInstance) -> None:
+    """Dagster stores an asset's evaluation on every tick it changed: an idle hour's refresh must not
+    change the evaluations of what reads the state, or each refresh stores them all, twice."""
+    pipeline = pipeline_factory(instance=fresh_pg_instance)
+    start = datetime.now(UTC).replace(minute=10, second=0, microsecond=0)
+
+    def evaluations(at: datetime, cursor: object) -> tuple[dict[str, str], set[str], object]:
+        result = dg.evaluate_automation_conditions(defs=pipeline.defs, instance=pipeline.instance,
+                                                   evaluation_time=at, cursor=cursor)
+        hashes = {r.key.path[-1]: r.value_hash for r in result.results}
+        return hashes, {key for key in hashes if result.get_num_requested(K(["b1", key]))}, result.cursor
+
+    _, _, cursor = evaluations(start, None)  # first start: the full sync
+    pipeline.refresh_state()
+    pipeline.evaluate()
+    _, _, cursor = evaluations(start + timedelta(minutes=5), cursor)  # sees that run
+    before, _, cursor = evaluations(start + timedelta(minutes=10), cursor)  # idle
+    after, refreshed, _ = evaluations(start + timedelta(minutes=55), cursor)  # the hourly cron passed
+
+    assert refreshed == {"open_invoices_state", "stock_levels_state"}
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {"open_invoices_state", "stock_levels_state"}
+
+
 def test_window_size_and_refresh_cadence_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("B1TWILIO_WINDOW_MINUTES", "5")
     partitions = PollingSettings.from_settings().partitions_def()

@@ -50,6 +50,9 @@ def follow_condition(calendar_timezone: str | None = None) -> dg.AutomationCondi
     found the state it reads changed (with a calendar time zone: also after midnight there); and in the same
     run as an input about to be updated, or about to be read for the first time. Updates without a run (the
     change sensor's record of a window with no change) and refreshes that found nothing new trigger nothing.
+
+    A refresh leaves this condition's evaluation as it was (Dagster stores an evaluation only when it
+    changed): `missing()` comes first, so `will_be_requested()` of a state input is asked only at first start.
     """
     state = dg.AssetSelection.groups(STATE_GROUP)
     trigger = (AC.any_deps_match(AC.any_new_update_has_run_tags()).ignore(state)
@@ -57,7 +60,7 @@ def follow_condition(calendar_timezone: str | None = None) -> dg.AutomationCondi
     if calendar_timezone is not None:
         trigger = trigger | AC.cron_tick_passed(CALENDAR_CRON, calendar_timezone)
     with_inputs = (AC.any_deps_match(AC.will_be_requested()).ignore(state)
-                   | AC.any_deps_match(AC.will_be_requested() & AC.missing()).allow(state))
+                   | AC.any_deps_match(AC.missing() & AC.will_be_requested()).allow(state))
     return (trigger.since_last_handled() | with_inputs) & ~AC.any_deps_in_progress() & ~AC.in_progress()
 
 
