@@ -108,6 +108,20 @@ def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
     pipeline.evaluate()
     idle, cursor = requested(cursor)
     assert idle == set()
+    invoice = pipeline.sap.add_document("Invoices", {"CardCode": "C20000", "DocTotal": 100.0})
+    pipeline.refresh_state()
+    pipeline.evaluate()
+    _, cursor = requested(cursor)
+    pipeline.sap.update_document("Invoices", invoice["DocEntry"], {"DocumentStatus": "bost_Close"})
+    pipeline.refresh_state()  # the invoice is no longer open: what reads open invoices follows, once
+    after_close, cursor = requested(cursor)
+    assert after_close == {"payment_overdue_alerts", "overdue_receivables", "notification_plan"}
+    pipeline.evaluate()
+    idle, cursor = requested(cursor)
+    assert idle == set()
+    pipeline.refresh_state()
+    again, cursor = requested(cursor)
+    assert again == set()
 
     _supplier_invoice(pipeline)
     pipeline.detect()  # snapshots, alerts and plan in one run: nothing left for automation
