@@ -108,6 +108,9 @@ def test_declarative_automation_refreshes_state_and_follows_only_new_inputs(
     pipeline.evaluate()
     idle, cursor = requested(cursor)
     assert idle == set()
+    pipeline.refresh_state()  # the changed stock read again, as it now is: the state is what it was
+    quiet, cursor = requested(cursor)
+    assert quiet == set()
     invoice = pipeline.sap.add_document("Invoices", {"CardCode": "C20000", "DocTotal": 100.0})
     pipeline.refresh_state()
     pipeline.evaluate()

@@ -7,7 +7,7 @@ Each refresh reports a data version, the fingerprint of the state as it read it:
 the state follow a refresh only when the version changed (`core.automation.follow_condition`)."""
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -17,7 +17,7 @@ from b1twilio_pipeline.b1.client import SapB1Session
 from b1twilio_pipeline.b1.entities import EntitySpec
 from b1twilio_pipeline.b1.errors import SapB1Error
 from b1twilio_pipeline.b1.resource import SapB1Resource
-from b1twilio_pipeline.b1.snapshot_store import SnapshotStore, content_hash
+from b1twilio_pipeline.b1.snapshot_store import SnapshotStore
 from b1twilio_pipeline.b1.snapshots import counting, snapshot_metadata
 from b1twilio_pipeline.core.automation import STATE_GROUP
 from b1twilio_pipeline.core.company_scope import asset_key
@@ -29,16 +29,14 @@ STOCK_LEVELS_KEY = asset_key("b1", "stock_levels_state")
 
 class Fingerprint:
     """One hash of every record B1 listed (ordered by key): the same state read twice gives the same data
-    version. A record that left the list (an invoice paid) changes it by its absence, once."""
+    version. A record that left the list (an invoice paid) changes it by its absence, once. Fed by the
+    snapshot upsert (`SnapshotStore.upsert(on_hashed=...)`), which hashes each record anyway."""
 
-    def __init__(self, key_field: str) -> None:
-        self._key_field = key_field
+    def __init__(self) -> None:
         self._hash = hashlib.sha256()
 
-    def screen(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for row in rows:
-            self._hash.update(f"{row[self._key_field]}:{content_hash(row)}\n".encode())
-            yield row
+    def add(self, key: str, digest: str) -> None:
+        self._hash.update(f"{key}:{digest}\n".encode())
 
     def version(self) -> dg.DataVersion:
         return dg.DataVersion(self._hash.hexdigest())
@@ -78,16 +76,17 @@ def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.Asset
         known_open = snapshots.open_keys(invoices.entity)
         seen: set[str] = set()
         quarantine = b1_records.Quarantine(invoices.key)
-        fingerprint = Fingerprint(invoices.key)
+        fingerprint = Fingerprint()
 
         def rows() -> Iterator[dict[str, Any]]:
-            for row in fingerprint.screen(quarantine.screen(session.get_all(
+            for row in quarantine.screen(session.get_all(
                     invoices.entity, filter="DocumentStatus eq 'bost_Open'", select=invoices.select,
-                    orderby=invoices.key))):
+                    orderby=invoices.key)):
                 seen.add(str(row[invoices.key]))
                 yield row
 
-        counts, requests = counting(session, lambda: snapshots.upsert(invoices.entity, invoices.key, rows()))
+        counts, requests = counting(session, lambda: snapshots.upsert(
+            invoices.entity, invoices.key, rows(), on_hashed=fingerprint.add))
         gone = sorted(known_open - seen)
         vanished: list[str] = []
         closed, closed_requests = counting(session, lambda: snapshots.upsert(
@@ -111,10 +110,11 @@ def build_state_assets(invoices: EntitySpec, items: EntitySpec) -> list[dg.Asset
                            database: DatabaseResource) -> dg.MaterializeResult:
         session = sap.session()
         quarantine = b1_records.Quarantine(items.key)
-        fingerprint = Fingerprint(items.key)
+        fingerprint = Fingerprint()
         counts, requests = counting(session, lambda: SnapshotStore(database.engine).upsert(
-            items.entity, items.key, fingerprint.screen(quarantine.screen(session.get_all(
-                items.entity, filter="InventoryItem eq 'tYES'", select=items.select, orderby=items.key)))))
+            items.entity, items.key, quarantine.screen(session.get_all(
+                items.entity, filter="InventoryItem eq 'tYES'", select=items.select, orderby=items.key)),
+            on_hashed=fingerprint.add))
         return dg.MaterializeResult(metadata=snapshot_metadata(counts, requests, **quarantine.metadata()),
                                     check_results=[quarantine.check_result()], data_version=fingerprint.version())
 
