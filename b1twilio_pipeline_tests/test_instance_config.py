@@ -12,17 +12,17 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from b1twilio_pipeline.core.company_scope import COMPANY
+from b1twilio_pipeline.housekeeping import INSTANCE_AUTOVACUUM_SQL
 from b1twilio_pipeline_tests.fixtures_pipeline import POSTGRES, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
-AUTOVACUUM_SETTINGS = ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
 
 pytestmark = pytest.mark.postgres
 
 
 def _psql_settings(url: str) -> subprocess.CompletedProcess[str]:
     """The README's step: the settings file run by psql, stopping at the first error."""
-    return subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(AUTOVACUUM_SETTINGS)],
+    return subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(INSTANCE_AUTOVACUUM_SQL)],
                           capture_output=True, text=True)
 
 

@@ -24,13 +24,13 @@ import threading
 
 import sqlalchemy as sa
 
-from benchmarks._common import REPO_ROOT
+from b1twilio_pipeline.housekeeping import INSTANCE_AUTOVACUUM_SQL
 
 NAPTIME_S = 60.0
 VACUUM_THRESHOLD = 50
 VACUUM_SCALE_FACTOR = 0.2
 # A table's own settings (`ALTER TABLE ... SET (autovacuum_vacuum_threshold = ...)`, as the operator's
-# `INSTANCE_SETTINGS` set on Dagster's hottest tables) take the place of the defaults, as in autovacuum.
+# `INSTANCE_AUTOVACUUM_SQL` sets on Dagster's hottest tables) take the place of the defaults, as in autovacuum.
 DUE_TABLES = sa.text(
     "select quote_ident(s.schemaname) || '.' || quote_ident(s.relname) "
     "from pg_stat_all_tables s join pg_class c on c.oid = s.relid "
@@ -41,7 +41,6 @@ DUE_TABLES = sa.text(
     "          :scale)::float as scale "
     " from pg_options_to_table(c.reloptions) o) t "
     "where s.n_dead_tup > t.threshold + t.scale * greatest(c.reltuples, 0)")  # reltuples -1: never counted
-INSTANCE_SETTINGS = REPO_ROOT / "b1twilio_pipeline" / "housekeeping" / "instance_autovacuum.sql"
 
 
 def apply_instance_settings(url: str) -> None:
@@ -51,7 +50,7 @@ def apply_instance_settings(url: str) -> None:
     connection = engine.raw_connection()  # the file as psql runs it: no parameters (its comments hold a %)
     try:
         with connection.cursor() as cursor:
-            cursor.execute(INSTANCE_SETTINGS.read_text())
+            cursor.execute(INSTANCE_AUTOVACUUM_SQL.read_text())
         connection.commit()
     finally:
         connection.close()
